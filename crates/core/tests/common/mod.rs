@@ -1,0 +1,285 @@
+//! A small in-memory world for engine tests: users with devices, a delivery step that
+//! hands each message to every other member device, and helpers to look at state.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use sotto_core::content::Text;
+use sotto_core::{
+    Content, Conversation, ConversationConfig, ConversationError, Envelope, IdentityKeyPair,
+    Incoming, LocalDevice, MemoryTrustStore, OutgoingCommit, ReceivedMessage, UserKeyPackages,
+    generate_key_packages,
+};
+use sotto_proto::{ConversationId, DeviceId, DeviceList, MessageId, Username};
+
+pub type Provider = OpenMlsRustCrypto;
+
+pub struct Dev {
+    pub provider: Provider,
+    pub local: LocalDevice,
+    pub trust: MemoryTrustStore,
+    pub convs: BTreeMap<ConversationId, Conversation>,
+    /// Conversations this device was removed from, kept to show it cannot read on.
+    pub left: BTreeMap<ConversationId, Conversation>,
+    pub received: Vec<ReceivedMessage>,
+}
+
+pub struct User {
+    pub name: Username,
+    pub identity: IdentityKeyPair,
+    pub devices: Vec<DeviceId>,
+    pub list_version: u64,
+}
+
+#[derive(Default)]
+pub struct World {
+    pub config: ConversationConfig,
+    pub users: BTreeMap<Username, User>,
+    pub devs: BTreeMap<DeviceId, Dev>,
+    counter: u64,
+}
+
+pub fn name(s: &str) -> Username {
+    Username::parse(s).unwrap()
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn next(&mut self) -> u64 {
+        self.counter += 1;
+        self.counter
+    }
+
+    /// Registers a user with `n` devices; returns their device ids.
+    pub fn register(&mut self, user: &str, n: usize) -> Vec<DeviceId> {
+        let username = name(user);
+        let provider = Provider::default();
+        let identity = IdentityKeyPair::generate(provider_rand(&provider)).unwrap();
+        self.users.insert(
+            username.clone(),
+            User {
+                name: username.clone(),
+                identity,
+                devices: vec![],
+                list_version: 0,
+            },
+        );
+        (0..n).map(|_| self.add_device(user)).collect()
+    }
+
+    /// Creates and certifies one more device for an existing user.
+    pub fn add_device(&mut self, user: &str) -> DeviceId {
+        let username = name(user);
+        let provider = Provider::default();
+        let now = 1_700_000_000 + self.next();
+        let u = self.users.get_mut(&username).unwrap();
+        let local = LocalDevice::create(provider_rand(&provider), &u.identity, &username, now).unwrap();
+        let id = local.device_id();
+        u.devices.push(id);
+        u.list_version += 1;
+        let mut trust = MemoryTrustStore::default();
+        sotto_core::TrustStore::pin_identity(&mut trust, &username, u.identity.public());
+        self.devs.insert(
+            id,
+            Dev {
+                provider,
+                local,
+                trust,
+                convs: BTreeMap::new(),
+                left: BTreeMap::new(),
+                received: vec![],
+            },
+        );
+        id
+    }
+
+    pub fn device_list(&self, user: &str) -> DeviceList {
+        let u = &self.users[&name(user)];
+        let certs = u
+            .devices
+            .iter()
+            .map(|d| self.devs[d].local.certificate().clone())
+            .collect();
+        u.identity.sign_device_list(&u.name, u.list_version, certs)
+    }
+
+    /// Claims one fresh key package per device of `user`.
+    pub fn key_packages(&mut self, user: &str) -> UserKeyPackages {
+        let devices = self.users[&name(user)].devices.clone();
+        let config = self.config.clone();
+        let key_packages = devices
+            .iter()
+            .map(|d| {
+                let dev = &self.devs[d];
+                generate_key_packages(&dev.provider, &dev.local, &config, 1)
+                    .unwrap()
+                    .one_time
+                    .remove(0)
+            })
+            .collect();
+        UserKeyPackages {
+            device_list: self.device_list(user),
+            key_packages,
+        }
+    }
+
+    pub fn create(&mut self, by: DeviceId) -> ConversationId {
+        let id = ConversationId::from_bytes(self.next().to_be_bytes().repeat(2).try_into().unwrap());
+        let config = self.config.clone();
+        let dev = self.devs.get_mut(&by).unwrap();
+        let conv = Conversation::create(&dev.provider, &dev.local, id, &config).unwrap();
+        dev.convs.insert(id, conv);
+        id
+    }
+
+    /// Members of `conv` as `by` sees them.
+    pub fn members(&self, by: DeviceId, conv: ConversationId) -> Vec<DeviceId> {
+        self.devs[&by].convs[&conv].roster().unwrap().device_ids()
+    }
+
+    /// Confirms an outgoing commit at its author, hands it to every other old member and
+    /// the Welcome to every added device. Panics if anyone fails.
+    pub fn deliver_commit(&mut self, by: DeviceId, conv: ConversationId, out: OutgoingCommit) {
+        let old_members = self.members(by, conv);
+        {
+            let dev = self.devs.get_mut(&by).unwrap();
+            dev.convs.get_mut(&conv).unwrap().confirm_commit(&dev.provider).unwrap();
+        }
+        for m in old_members.into_iter().filter(|m| *m != by) {
+            let dev = self.devs.get_mut(&m).unwrap();
+            let c = dev.convs.get_mut(&conv).unwrap();
+            match c.process(&dev.provider, &mut dev.trust, &out.commit).unwrap() {
+                Incoming::Commit { change, .. } => {
+                    if change.removed_me {
+                        assert!(!c.is_active());
+                        if let Some(old) = dev.convs.remove(&conv) {
+                            dev.left.insert(conv, old);
+                        }
+                    }
+                }
+                other => panic!("expected a commit, got {other:?}"),
+            }
+        }
+        let config = self.config.clone();
+        for added in &out.metadata.added {
+            let dev = self.devs.get_mut(added).unwrap();
+            let joined = Conversation::join(
+                &dev.provider,
+                &mut dev.trust,
+                out.welcome.as_ref().unwrap(),
+                &config,
+            )
+            .unwrap();
+            assert_eq!(joined.conversation.id(), conv);
+            dev.convs.insert(conv, joined.conversation);
+        }
+    }
+
+    pub fn add_users(&mut self, by: DeviceId, conv: ConversationId, users: &[&str]) {
+        let kps: Vec<UserKeyPackages> = users.iter().map(|u| self.key_packages(u)).collect();
+        let dev = self.devs.get_mut(&by).unwrap();
+        let out = dev
+            .convs
+            .get_mut(&conv)
+            .unwrap()
+            .add_users(&dev.provider, &dev.local, &mut dev.trust, &kps)
+            .unwrap();
+        self.deliver_commit(by, conv, out);
+    }
+
+    pub fn remove_users(&mut self, by: DeviceId, conv: ConversationId, users: &[&str]) {
+        let users: Vec<Username> = users.iter().map(|u| name(u)).collect();
+        let dev = self.devs.get_mut(&by).unwrap();
+        let out = dev
+            .convs
+            .get_mut(&conv)
+            .unwrap()
+            .remove_users(&dev.provider, &dev.local, &users)
+            .unwrap();
+        self.deliver_commit(by, conv, out);
+    }
+
+    pub fn self_update(&mut self, by: DeviceId, conv: ConversationId) {
+        let dev = self.devs.get_mut(&by).unwrap();
+        let out = dev
+            .convs
+            .get_mut(&conv)
+            .unwrap()
+            .self_update(&dev.provider, &dev.local)
+            .unwrap();
+        self.deliver_commit(by, conv, out);
+    }
+
+    pub fn envelope(&mut self, text: &str) -> Envelope {
+        let n = self.next();
+        let mut rand = [0u8; 10];
+        rand[..8].copy_from_slice(&n.to_be_bytes());
+        Envelope {
+            id: MessageId::new_v7(1_700_000_000_000 + n, &rand),
+            sent_at_ms: 1_700_000_000_000 + n,
+            content: Content::Text(Text { body: text.into() }),
+        }
+    }
+
+    /// Encrypts at `by`.
+    pub fn encrypt(&mut self, by: DeviceId, conv: ConversationId, text: &str) -> (Envelope, Vec<u8>) {
+        let env = self.envelope(text);
+        let dev = self.devs.get_mut(&by).unwrap();
+        let bytes = dev.convs.get_mut(&conv).unwrap().encrypt(&dev.provider, &dev.local, &env).unwrap();
+        (env, bytes)
+    }
+
+    /// Processes bytes at `at`.
+    pub fn process(&mut self, at: DeviceId, conv: ConversationId, bytes: &[u8]) -> Result<Incoming, ConversationError> {
+        let dev = self.devs.get_mut(&at).unwrap();
+        let c = dev.convs.get_mut(&conv).unwrap();
+        let result = c.process(&dev.provider, &mut dev.trust, bytes);
+        if let Ok(Incoming::Message(m)) = &result {
+            dev.received.push(m.clone());
+        }
+        result
+    }
+
+    /// Sends text from `by` to every other member and checks each decrypts it.
+    pub fn send(&mut self, by: DeviceId, conv: ConversationId, text: &str) -> Envelope {
+        let (env, bytes) = self.encrypt(by, conv, text);
+        for m in self.members(by, conv).into_iter().filter(|m| *m != by) {
+            match self.process(m, conv, &bytes).unwrap() {
+                Incoming::Message(msg) => {
+                    assert_eq!(msg.envelope, env);
+                    assert_eq!(msg.sender.device_id, by);
+                }
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+        env
+    }
+
+    /// Asserts every member of `conv` agrees on epoch, roster and epoch authenticator.
+    pub fn assert_agree(&self, conv: ConversationId) {
+        let holders: Vec<(&DeviceId, &Conversation)> = self
+            .devs
+            .iter()
+            .filter_map(|(id, d)| d.convs.get(&conv).map(|c| (id, c)))
+            .collect();
+        let (first_id, first) = holders[0];
+        let roster = first.roster().unwrap();
+        for (id, c) in &holders {
+            assert_eq!(c.epoch(), first.epoch(), "epoch of {id} vs {first_id}");
+            assert_eq!(c.roster().unwrap(), roster, "roster of {id} vs {first_id}");
+            assert_eq!(c.epoch_authenticator(), first.epoch_authenticator());
+        }
+        // Exactly the holders are members.
+        let mut holder_ids: Vec<DeviceId> = holders.iter().map(|(id, _)| **id).collect();
+        holder_ids.sort();
+        assert_eq!(roster.device_ids(), holder_ids);
+    }
+}
+
+fn provider_rand(p: &Provider) -> &impl openmls_traits::random::OpenMlsRand {
+    openmls_traits::OpenMlsProvider::rand(p)
+}

@@ -1,0 +1,137 @@
+//! Round trips: 1:1 and a group of 5 users x 2 devices, membership changes, roster.
+
+mod common;
+
+use common::{World, name};
+use sotto_core::Incoming;
+
+#[test]
+fn one_to_one_both_ways() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    let bob = w.register("bob", 1)[0];
+    let conv = w.create(alice);
+    w.add_users(alice, conv, &["bob"]);
+    w.assert_agree(conv);
+    assert_eq!(w.members(bob, conv), {
+        let mut v = vec![alice, bob];
+        v.sort();
+        v
+    });
+    for i in 0..5 {
+        w.send(alice, conv, &format!("hi bob {i}"));
+        w.send(bob, conv, &format!("hi alice {i}"));
+    }
+    assert_eq!(w.devs[&bob].received.len(), 5);
+    assert_eq!(w.devs[&alice].received.len(), 5);
+    let users = w.devs[&alice].convs[&conv].roster().unwrap().users();
+    assert_eq!(users.keys().cloned().collect::<Vec<_>>(), vec![name("alice"), name("bob")]);
+}
+
+#[test]
+fn group_of_five_users_with_two_devices_each() {
+    let mut w = World::new();
+    let names = ["ann", "ben", "cat", "dan", "eve"];
+    let mut devices = Vec::new();
+    for n in names {
+        devices.extend(w.register(n, 2));
+    }
+    let conv = w.create(devices[0]);
+    // The creator's own second device, then the others.
+    let second = devices[1];
+    let dev0 = devices[0];
+    {
+        let kp = w.key_packages("ann");
+        let dev = w.devs.get_mut(&dev0).unwrap();
+        let claimed: Vec<_> = kp.key_packages[1..]
+            .iter()
+            .map(|b| sotto_core::ClaimedKeyPackage { username: name("ann"), bytes: b.clone() })
+            .collect();
+        let out = dev
+            .convs
+            .get_mut(&conv)
+            .unwrap()
+            .add_devices(&dev.provider, &dev.local, &mut dev.trust, &claimed)
+            .unwrap();
+        assert_eq!(out.metadata.added, vec![second]);
+        assert_eq!(out.metadata.epoch, 0);
+        w.deliver_commit(dev0, conv, out);
+    }
+    w.add_users(devices[0], conv, &["ben", "cat", "dan", "eve"]);
+    w.assert_agree(conv);
+    assert_eq!(w.members(devices[9], conv).len(), 10);
+
+    let mut sent = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        sent.push(w.send(*d, conv, &format!("message {i}")).id);
+    }
+    // Every device received the 9 messages of the others, each exactly once.
+    for (i, d) in devices.iter().enumerate() {
+        let got: Vec<_> = w.devs[d].received.iter().map(|m| m.envelope.id).collect();
+        let expected: Vec<_> = sent.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, id)| *id).collect();
+        assert_eq!(got, expected, "device {i}");
+    }
+    let users = w.devs[&devices[3]].convs[&conv].roster().unwrap().users();
+    assert_eq!(users.len(), 5);
+    assert!(users.values().all(|d| d.len() == 2));
+}
+
+#[test]
+fn removed_members_cannot_read_and_new_members_cannot_read_the_past() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    let bob = w.register("bob", 1)[0];
+    let carol = w.register("carol", 1)[0];
+    let conv = w.create(alice);
+    w.add_users(alice, conv, &["bob"]);
+    let (_, before_carol) = w.encrypt(alice, conv, "before carol");
+    w.process(bob, conv, &before_carol).unwrap();
+    w.add_users(alice, conv, &["carol"]);
+    // Carol cannot read a message from before she joined.
+    assert!(w.process(carol, conv, &before_carol).is_err());
+    w.send(bob, conv, "welcome carol");
+    w.assert_agree(conv);
+
+    w.remove_users(alice, conv, &["bob"]);
+    assert!(!w.devs[&bob].convs.contains_key(&conv), "bob saw his own removal");
+    w.assert_agree(conv);
+    let (_, after) = w.encrypt(alice, conv, "bob is gone");
+    assert!(matches!(w.process(carol, conv, &after).unwrap(), Incoming::Message(_)));
+    // Bob kept his last state; it cannot decrypt what was sent after his removal.
+    let dev = w.devs.get_mut(&bob).unwrap();
+    let old = dev.left.get_mut(&conv).unwrap();
+    assert!(old.process(&dev.provider, &mut dev.trust, &after).is_err());
+    assert!(!w.members(alice, conv).contains(&bob));
+}
+
+#[test]
+fn self_updates_keep_everyone_in_step() {
+    let mut w = World::new();
+    let a = w.register("alice", 2);
+    w.register("bob", 1);
+    let conv = w.create(a[0]);
+    w.add_users(a[0], conv, &["bob"]);
+    let bob = w.users[&name("bob")].devices[0];
+    for _ in 0..3 {
+        w.self_update(bob, conv);
+        w.self_update(a[0], conv);
+        w.send(bob, conv, "still here");
+    }
+    w.assert_agree(conv);
+    assert_eq!(w.devs[&bob].convs[&conv].epoch(), 7);
+}
+
+#[test]
+fn a_message_from_the_previous_epoch_still_decrypts_after_a_commit() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    let bob = w.register("bob", 1)[0];
+    let conv = w.create(alice);
+    w.add_users(alice, conv, &["bob"]);
+    let (env, late) = w.encrypt(bob, conv, "sent before the commit");
+    w.self_update(alice, conv);
+    match w.process(alice, conv, &late).unwrap() {
+        Incoming::Message(m) => assert_eq!(m.envelope, env),
+        other => panic!("{other:?}"),
+    }
+}
