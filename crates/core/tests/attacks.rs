@@ -1,0 +1,405 @@
+//! Each attack from the threat model, tried and shown to fail. The attacker is either
+//! the server (it hands out key packages and device lists) or a compromised member
+//! device that drives OpenMLS directly, bypassing Sotto's checks on its own side.
+
+mod common;
+
+use common::{World, name};
+use openmls::prelude::{
+    BasicCredential, CredentialWithKey, GroupId, KeyPackage, LeafNodeParameters, MlsGroup,
+};
+use openmls::prelude::tls_codec::Serialize as _;
+use openmls_traits::OpenMlsProvider;
+use proptest::prelude::*;
+use sotto_core::trust::Refusal;
+use sotto_core::{
+    ClaimedKeyPackage, ConversationError, DeviceSigner, IdentityKeyPair, Incoming, LocalDevice,
+    TrustStore, UserKeyPackages,
+};
+use sotto_proto::{CertError, ConversationId, DeviceId};
+
+/// alice, bob and carol in one conversation.
+fn trio() -> (World, ConversationId, DeviceId, DeviceId, DeviceId) {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    let bob = w.register("bob", 1)[0];
+    let carol = w.register("carol", 1)[0];
+    let conv = w.create(alice);
+    w.add_users(alice, conv, &["bob", "carol"]);
+    (w, conv, alice, bob, carol)
+}
+
+/// The raw OpenMLS group of a device: what a compromised client can drive directly.
+fn raw_group(w: &World, dev: DeviceId, conv: ConversationId) -> MlsGroup {
+    MlsGroup::load(w.devs[&dev].provider.storage(), &GroupId::from_slice(conv.as_bytes()))
+        .unwrap()
+        .unwrap()
+}
+
+/// A key package built with OpenMLS directly, with any credential and any signer.
+fn forged_key_package(w: &World, cwk: CredentialWithKey, signer: &DeviceSigner) -> KeyPackage {
+    let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    KeyPackage::builder()
+        .build(w.config.ciphersuite, &provider, signer, cwk)
+        .unwrap()
+        .key_package()
+        .clone()
+}
+
+/// Asserts `result` is a refusal matching `check`, surfaced as a security event.
+fn assert_refused(result: Result<Incoming, ConversationError>, check: impl Fn(&Refusal) -> bool) {
+    let err = result.expect_err("the attack must be refused");
+    let event = err.security_event().unwrap_or_else(|| panic!("not a security event: {err}"));
+    assert!(check(&event.refusal), "unexpected refusal: {:?}", event.refusal);
+}
+
+/// Compromised alice adds `kp` through raw OpenMLS; bob and carol must refuse the commit
+/// and stay in the old epoch, still able to talk to each other.
+fn ghost_commit_is_refused(kp: KeyPackage, check: impl Fn(&Refusal) -> bool) {
+    let (mut w, conv, alice, bob, carol) = trio();
+    let epoch = w.devs[&bob].convs[&conv].epoch();
+    let auth = w.devs[&bob].convs[&conv].epoch_authenticator();
+    let mut group = raw_group(&w, alice, conv);
+    let (commit, _welcome, _) = group
+        .add_members(&w.devs[&alice].provider, w.devs[&alice].local.signer(), &[kp])
+        .unwrap();
+    let commit = commit.to_bytes().unwrap();
+    for victim in [bob, carol] {
+        assert_refused(w.process(victim, conv, &commit), &check);
+        let c = &w.devs[&victim].convs[&conv];
+        assert_eq!(c.epoch(), epoch, "state advanced after a refused commit");
+        assert_eq!(c.epoch_authenticator(), auth);
+        assert_eq!(c.roster().unwrap().devices().len(), 3);
+    }
+    // The honest members are intact and still agree.
+    w.send(bob, conv, "did you see that?");
+    w.send(carol, conv, "yes, refused");
+}
+
+#[test]
+fn an_uncertified_leaf_is_refused() {
+    let w = World::new();
+    let signer = DeviceSigner::generate(openmls_rust_crypto::OpenMlsRustCrypto::default().rand()).unwrap();
+    let cwk = CredentialWithKey {
+        credential: BasicCredential::new(b"ghost".to_vec()).into(),
+        signature_key: signer.public_key().to_vec().into(),
+    };
+    ghost_commit_is_refused(forged_key_package(&w, cwk, &signer), |r| {
+        matches!(r, Refusal::NotACertificate)
+    });
+}
+
+#[test]
+fn a_real_certificate_on_another_key_is_refused() {
+    // The ghost reuses bob's genuine (public) certificate with its own key.
+    let (w, _, _, bob, _) = trio();
+    let signer = DeviceSigner::generate(openmls_rust_crypto::OpenMlsRustCrypto::default().rand()).unwrap();
+    let cwk = CredentialWithKey {
+        credential: BasicCredential::new(w.devs[&bob].local.certificate().to_bytes()).into(),
+        signature_key: signer.public_key().to_vec().into(),
+    };
+    ghost_commit_is_refused(forged_key_package(&w, cwk, &signer), |r| {
+        matches!(r, Refusal::UncertifiedKey { .. })
+    });
+}
+
+#[test]
+fn a_certificate_signed_by_another_account_is_refused() {
+    // Mallory certifies a device "of bob" with her own identity key.
+    let w = World::new();
+    let p = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let mallory = IdentityKeyPair::generate(p.rand()).unwrap();
+    let ghost = LocalDevice::create(p.rand(), &mallory, &name("bob"), 1).unwrap();
+    let kp = forged_key_package(&w, ghost.credential_with_key(), ghost.signer());
+    ghost_commit_is_refused(kp, |r| {
+        matches!(r, Refusal::IdentityKeyChanged { username, .. } if username.as_str() == "bob")
+    });
+}
+
+#[test]
+fn a_certificate_naming_the_right_key_but_signed_by_another_is_refused() {
+    let (w, _, _, bob, _) = trio();
+    let p = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let mallory = IdentityKeyPair::generate(p.rand()).unwrap();
+    let signer = DeviceSigner::generate(p.rand()).unwrap();
+    // Fields claim bob's identity key; the signature is mallory's.
+    let fields = sotto_proto::CertificateFields {
+        username: name("bob"),
+        device_id: DeviceId::from_bytes([7; 16]),
+        device_key: signer.public_key(),
+        identity_key: *w.devs[&bob].local.certificate().identity_key(),
+        created_at: 1,
+    };
+    let forged_by_mallory = mallory.certify_device(&name("bob"), fields.device_id, fields.device_key, 1);
+    let mut bytes = forged_by_mallory.to_bytes();
+    // Swap in bob's identity key (offset: version 1 + len 2 + "bob" 3 + id 16 + key 32).
+    bytes[54..86].copy_from_slice(fields.identity_key.as_bytes());
+    let cwk = CredentialWithKey {
+        credential: BasicCredential::new(bytes).into(),
+        signature_key: signer.public_key().to_vec().into(),
+    };
+    ghost_commit_is_refused(forged_key_package(&w, cwk, &signer), |r| {
+        matches!(r, Refusal::BadCertificate(CertError::BadSignature { .. }))
+    });
+}
+
+#[test]
+fn a_welcome_into_a_group_with_a_ghost_is_refused() {
+    let (mut w, conv, alice, _, _) = trio();
+    let dave = w.register("dave", 1)[0];
+    let p = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let signer = DeviceSigner::generate(p.rand()).unwrap();
+    let ghost = forged_key_package(
+        &w,
+        CredentialWithKey {
+            credential: BasicCredential::new(b"ghost".to_vec()).into(),
+            signature_key: signer.public_key().to_vec().into(),
+        },
+        &signer,
+    );
+    let dave_kp = w.key_packages("dave").key_packages.remove(0);
+    let dave_kp = <openmls::prelude::KeyPackageIn as openmls::prelude::tls_codec::Deserialize>::tls_deserialize_exact(&dave_kp)
+        .unwrap()
+        .validate(w.devs[&dave].provider.crypto(), openmls::prelude::ProtocolVersion::Mls10)
+        .unwrap();
+    let mut group = raw_group(&w, alice, conv);
+    let (_, welcome, _) = group
+        .add_members(&w.devs[&alice].provider, w.devs[&alice].local.signer(), &[ghost, dave_kp])
+        .unwrap();
+    let welcome = welcome.tls_serialize_detached().unwrap();
+    let config = w.config.clone();
+    let dev = w.devs.get_mut(&dave).unwrap();
+    let err = sotto_core::Conversation::join(&dev.provider, &mut dev.trust, &welcome, &config)
+        .expect_err("a Welcome with a ghost must be refused");
+    let event = err.security_event().unwrap();
+    assert_eq!(event.conversation, None);
+    assert_eq!(event.refusal, Refusal::NotACertificate);
+    // Nothing was pinned from the refused Welcome.
+    assert_eq!(dev.trust.pinned_identity(&name("alice")), None);
+}
+
+#[test]
+fn a_leaf_update_that_changes_the_device_is_refused() {
+    let mut w = World::new();
+    let a = w.register("alice", 2);
+    let bob = w.register("bob", 1)[0];
+    let conv = w.create(a[0]);
+    w.add_users(a[0], conv, &["bob"]);
+    // alice's first device updates its leaf to carry her second device's certificate
+    // and key: certified, but a different device taking over the leaf.
+    let second_cwk = w.devs[&a[1]].local.credential_with_key();
+    let second_signer = DeviceSigner::from_secret_bytes(&w.devs[&a[1]].local.signer().to_secret_bytes());
+    let mut group = raw_group(&w, a[0], conv);
+    let new_signer = openmls::prelude::NewSignerBundle {
+        signer: &second_signer,
+        credential_with_key: second_cwk,
+    };
+    let bundle = group
+        .self_update_with_new_signer(
+            &w.devs[&a[0]].provider,
+            w.devs[&a[0]].local.signer(),
+            new_signer,
+            LeafNodeParameters::default(),
+        )
+        .unwrap();
+    let commit = bundle.into_commit().to_bytes().unwrap();
+    let epoch = w.devs[&bob].convs[&conv].epoch();
+    assert_refused(w.process(bob, conv, &commit), |r| matches!(r, Refusal::IdentityChangedInUpdate { .. }));
+    assert_eq!(w.devs[&bob].convs[&conv].epoch(), epoch);
+}
+
+#[test]
+fn key_substitution_by_the_server_is_refused() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    w.register("bob", 1);
+    let first = w.create(alice);
+    w.add_users(alice, first, &["bob"]); // alice pins bob's identity key here
+    // The server re-registers "bob" with a key of its own and serves that account.
+    w.users.remove(&name("bob"));
+    w.register("bob", 1);
+    let substituted = w.key_packages("bob");
+    let second = w.create(alice);
+    let dev = w.devs.get_mut(&alice).unwrap();
+    let pinned = dev.trust.pinned_identity(&name("bob"));
+    let err = dev
+        .convs
+        .get_mut(&second)
+        .unwrap()
+        .add_users(&dev.provider, &dev.local, &mut dev.trust, &[substituted.clone()])
+        .unwrap_err();
+    assert!(matches!(
+        err.security_event().unwrap().refusal,
+        Refusal::IdentityKeyChanged { .. }
+    ), "{err}");
+    // Claimed key packages without the device list: refused the same way.
+    let claimed = ClaimedKeyPackage { username: name("bob"), bytes: substituted.key_packages[0].clone() };
+    let err = dev
+        .convs
+        .get_mut(&second)
+        .unwrap()
+        .add_devices(&dev.provider, &dev.local, &mut dev.trust, &[claimed])
+        .unwrap_err();
+    assert!(matches!(err.security_event().unwrap().refusal, Refusal::IdentityKeyChanged { .. }));
+    assert_eq!(dev.trust.pinned_identity(&name("bob")), pinned, "the pin must not move");
+    assert_eq!(dev.convs[&second].epoch(), 0);
+}
+
+#[test]
+fn a_key_package_for_someone_else_is_refused() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    w.register("bob", 1);
+    w.register("carol", 1);
+    let conv = w.create(alice);
+    // The server answers a claim for bob with carol's key package.
+    let carol_kp = w.key_packages("carol").key_packages.remove(0);
+    let dev = w.devs.get_mut(&alice).unwrap();
+    let err = dev
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .add_devices(&dev.provider, &dev.local, &mut dev.trust, &[ClaimedKeyPackage { username: name("bob"), bytes: carol_kp }])
+        .unwrap_err();
+    assert!(matches!(err.security_event().unwrap().refusal, Refusal::WrongAccount { .. }));
+}
+
+#[test]
+fn a_device_list_rollback_is_refused() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    w.register("bob", 1);
+    let old: UserKeyPackages = w.key_packages("bob"); // list version 1
+    w.add_device("bob"); // version 2
+    let new = w.key_packages("bob");
+    let conv = w.create(alice);
+    let dev = w.devs.get_mut(&alice).unwrap();
+    sotto_core::accept_device_list(&mut dev.trust, &new.device_list).unwrap();
+    let err = dev
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .add_users(&dev.provider, &dev.local, &mut dev.trust, &[old])
+        .unwrap_err();
+    assert!(matches!(
+        err.security_event().unwrap().refusal,
+        Refusal::BadCertificate(CertError::Rollback { seen: 2, offered: 1, .. })
+    ));
+}
+
+#[test]
+fn a_key_package_for_a_device_missing_from_the_list_is_refused() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    w.register("bob", 1);
+    let listed = w.key_packages("bob");
+    w.add_device("bob");
+    let mut with_extra = w.key_packages("bob");
+    // The server serves the old list with a key package of a device not on it.
+    with_extra.device_list = listed.device_list;
+    let conv = w.create(alice);
+    let dev = w.devs.get_mut(&alice).unwrap();
+    let err = dev
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .add_users(&dev.provider, &dev.local, &mut dev.trust, &[with_extra])
+        .unwrap_err();
+    assert!(matches!(err.security_event().unwrap().refusal, Refusal::NotInDeviceList { .. }));
+}
+
+#[test]
+fn a_replayed_application_message_is_refused() {
+    let (mut w, conv, alice, bob, _) = trio();
+    let (_, bytes) = w.encrypt(alice, conv, "once");
+    assert!(matches!(w.process(bob, conv, &bytes).unwrap(), Incoming::Message(_)));
+    assert!(w.process(bob, conv, &bytes).is_err(), "a replay must not decrypt again");
+    assert_eq!(w.devs[&bob].received.len(), 1);
+}
+
+#[test]
+fn replayed_and_stale_commits_are_refused() {
+    let (mut w, conv, alice, bob, carol) = trio();
+    // Bob and carol both commit for the same epoch; the server orders bob's first.
+    let dev = w.devs.get_mut(&carol).unwrap();
+    let losing = dev.convs.get_mut(&conv).unwrap().self_update(&dev.provider, &dev.local).unwrap();
+    let dev = w.devs.get_mut(&bob).unwrap();
+    let winning = dev.convs.get_mut(&conv).unwrap().self_update(&dev.provider, &dev.local).unwrap();
+    assert_eq!(losing.metadata.epoch, winning.metadata.epoch);
+    // Deliver the winner to alice; carol discards hers and applies the winner.
+    dev.convs.get_mut(&conv).unwrap().confirm_commit(&dev.provider).unwrap();
+    w.process(alice, conv, &winning.commit).unwrap();
+    let dev = w.devs.get_mut(&carol).unwrap();
+    let c = dev.convs.get_mut(&conv).unwrap();
+    c.discard_commit(&dev.provider).unwrap();
+    c.process(&dev.provider, &mut dev.trust, &winning.commit).unwrap();
+    w.assert_agree(conv);
+    let epoch = w.devs[&alice].convs[&conv].epoch();
+
+    // The losing commit reaches alice late: stale.
+    assert!(matches!(
+        w.process(alice, conv, &losing.commit),
+        Err(ConversationError::StaleCommit { .. })
+    ));
+    // The winning commit replayed: stale too.
+    assert!(matches!(
+        w.process(alice, conv, &winning.commit),
+        Err(ConversationError::StaleCommit { .. })
+    ));
+    assert_eq!(w.devs[&alice].convs[&conv].epoch(), epoch);
+    w.send(carol, conv, "all in step");
+}
+
+#[test]
+fn tampered_ciphertext_is_refused_and_harms_nothing() {
+    let (mut w, conv, alice, bob, _) = trio();
+    let (env, bytes) = w.encrypt(alice, conv, "do not change me");
+    for i in [bytes.len() - 1, bytes.len() / 2, 30] {
+        let mut tampered = bytes.clone();
+        tampered[i] ^= 0x01;
+        assert!(w.process(bob, conv, &tampered).is_err(), "tamper at {i} accepted");
+    }
+    match w.process(bob, conv, &bytes).unwrap() {
+        Incoming::Message(m) => assert_eq!(m.envelope, env),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_message_for_a_future_epoch_is_reported_as_such() {
+    let (mut w, conv, alice, bob, carol) = trio();
+    // Carol misses bob's commit, then gets alice's message of the new epoch.
+    let dev = w.devs.get_mut(&bob).unwrap();
+    let out = dev.convs.get_mut(&conv).unwrap().self_update(&dev.provider, &dev.local).unwrap();
+    dev.convs.get_mut(&conv).unwrap().confirm_commit(&dev.provider).unwrap();
+    w.process(alice, conv, &out.commit).unwrap();
+    let (_, msg) = w.encrypt(alice, conv, "new epoch");
+    assert!(matches!(w.process(carol, conv, &msg), Err(ConversationError::FutureEpoch { .. })));
+    // After the commit, it decrypts.
+    w.process(carol, conv, &out.commit).unwrap();
+    assert!(matches!(w.process(carol, conv, &msg).unwrap(), Incoming::Message(_)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn garbage_and_truncations_are_errors_not_panics(
+        junk in proptest::collection::vec(any::<u8>(), 0..400),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let (mut w, conv, alice, bob, _) = trio();
+        let (_, bytes) = w.encrypt(alice, conv, "hello");
+        prop_assert!(w.process(bob, conv, &junk).is_err());
+        let n = cut.index(bytes.len());
+        prop_assert!(w.process(bob, conv, &bytes[..n]).is_err());
+        let mut flipped = bytes.clone();
+        flipped[flip.index(bytes.len())] ^= 0x80;
+        prop_assert!(w.process(bob, conv, &flipped).is_err());
+        let config = w.config.clone();
+        let dev = w.devs.get_mut(&bob).unwrap();
+        prop_assert!(sotto_core::Conversation::join(&dev.provider, &mut dev.trust, &junk, &config).is_err());
+        // Bob is unharmed.
+        prop_assert!(matches!(w.process(bob, conv, &bytes), Ok(Incoming::Message(_))));
+    }
+}
