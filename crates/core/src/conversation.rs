@@ -66,6 +66,9 @@ pub enum ConversationError {
     /// A Welcome was refused before a conversation existed.
     #[error("refused an invitation: {0}")]
     RefusedWelcome(Refusal),
+    /// A Welcome for a conversation this device is still an active member of.
+    #[error("this device is already a member of that conversation")]
+    AlreadyMember,
     /// The device or user named is not in the conversation.
     #[error("{0} is not a member of this conversation")]
     NotAMember(String),
@@ -352,8 +355,20 @@ impl Conversation {
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
             return Err(ConversationError::Malformed("expected a Welcome".into()));
         };
-        let staged = StagedWelcome::new_from_welcome(provider, &config.join_config(), welcome, None)
-            .map_err(mls)?;
+        let builder =
+            StagedWelcome::build_from_welcome(provider, &config.join_config(), welcome).map_err(mls)?;
+        // A device removed earlier keeps the old, inactive group state; a new Welcome
+        // into the same conversation replaces it. Joining a group this device is still
+        // an active member of would fork its state: refuse.
+        let group_id = builder.processed_welcome().unverified_group_info().group_id().clone();
+        let existing = MlsGroup::load(provider.storage(), &group_id)
+            .map_err(|e| ConversationError::Corrupt(format!("{e:?}")))?;
+        let builder = match existing {
+            Some(old) if old.is_active() => return Err(ConversationError::AlreadyMember),
+            Some(_) => builder.replace_old_group(),
+            None => builder,
+        };
+        let staged = builder.build().map_err(mls)?;
         let id = ConversationId::from_slice(staged.group_context().group_id().as_slice())
             .ok_or_else(|| ConversationError::Malformed("group id is not a conversation id".into()))?;
 

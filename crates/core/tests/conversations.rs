@@ -135,3 +135,35 @@ fn a_message_from_the_previous_epoch_still_decrypts_after_a_commit() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_removed_user_can_be_added_again() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    let bob = w.register("bob", 1)[0];
+    let conv = w.create(alice);
+    w.add_users(alice, conv, &["bob"]);
+    w.remove_users(alice, conv, &["bob"]);
+    w.add_users(alice, conv, &["bob"]);
+    w.assert_agree(conv);
+    w.send(bob, conv, "back again");
+}
+
+#[test]
+fn a_welcome_for_a_conversation_the_device_is_in_is_refused() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    let bob = w.register("bob", 1)[0];
+    let conv = w.create(alice);
+    let kps = w.key_packages("bob");
+    let dev = w.devs.get_mut(&alice).unwrap();
+    let out = dev.convs.get_mut(&conv).unwrap().add_users(&dev.provider, &dev.local, &mut dev.trust, &[kps]).unwrap();
+    let welcome = out.welcome.clone().unwrap();
+    w.deliver_commit(alice, conv, out);
+    // The server replays the Welcome: bob's live state must not be replaced.
+    let config = w.config.clone();
+    let dev = w.devs.get_mut(&bob).unwrap();
+    let err = sotto_core::Conversation::join(&dev.provider, &mut dev.trust, &welcome, &config).unwrap_err();
+    assert!(matches!(err, sotto_core::ConversationError::AlreadyMember | sotto_core::ConversationError::Mls(_)), "{err}");
+    w.send(alice, conv, "still fine");
+}
