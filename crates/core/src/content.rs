@@ -372,7 +372,9 @@ mod tests {
             ciborium::into_writer(&wire, &mut bytes).unwrap();
             assert_eq!(
                 Envelope::decode(&bytes).unwrap().content,
-                Content::Unsupported { kind: "text".into() }
+                Content::Unsupported {
+                    kind: "text".into()
+                }
             );
         }
     }

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
-    GroupId as MlsGroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, LeafNodeParameters,
-    MlsGroup, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Proposal,
-    ProtocolMessage, ProtocolVersion, QueuedProposal, Sender, StagedCommit, StagedWelcome,
+    GroupId as MlsGroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup,
+    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Proposal, ProtocolMessage,
+    ProtocolVersion, QueuedProposal, Sender, StagedCommit, StagedWelcome,
 };
 use openmls_traits::OpenMlsProvider;
 use sotto_proto::framing::{self, WireFormat};
@@ -38,7 +38,9 @@ pub enum ConversationError {
     WrongConversation,
     /// A message from an epoch this member has not reached: fetch and apply the
     /// commits before it, then retry.
-    #[error("the message is from epoch {message}, but this device is at epoch {current}: apply the missing commits first")]
+    #[error(
+        "the message is from epoch {message}, but this device is at epoch {current}: apply the missing commits first"
+    )]
     FutureEpoch {
         /// The message's epoch.
         message: u64,
@@ -159,7 +161,10 @@ impl Roster {
     pub fn users(&self) -> BTreeMap<Username, Vec<DeviceId>> {
         let mut users: BTreeMap<Username, Vec<DeviceId>> = BTreeMap::new();
         for e in &self.entries {
-            users.entry(e.username.clone()).or_default().push(e.device_id);
+            users
+                .entry(e.username.clone())
+                .or_default()
+                .push(e.device_id);
         }
         users
     }
@@ -289,14 +294,20 @@ fn check_suite(config: &ConversationConfig) -> Result<(), ConversationError> {
     if config.is_supported() {
         Ok(())
     } else {
-        Err(ConversationError::UnsupportedCiphersuite(config.ciphersuite))
+        Err(ConversationError::UnsupportedCiphersuite(
+            config.ciphersuite,
+        ))
     }
 }
 
 /// Reads the roster entry of a leaf (leaves were verified when they entered).
-fn entry_of(leaf: LeafNodeIndex, credential: &openmls::prelude::Credential) -> Result<RosterEntry, ConversationError> {
-    let cert = certificate_of(credential)
-        .map_err(|_| ConversationError::Corrupt(format!("leaf {} has no certificate", leaf.u32())))?;
+fn entry_of(
+    leaf: LeafNodeIndex,
+    credential: &openmls::prelude::Credential,
+) -> Result<RosterEntry, ConversationError> {
+    let cert = certificate_of(credential).map_err(|_| {
+        ConversationError::Corrupt(format!("leaf {} has no certificate", leaf.u32()))
+    })?;
     Ok(RosterEntry {
         username: cert.username().clone(),
         device_id: cert.device_id(),
@@ -355,12 +366,16 @@ impl Conversation {
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
             return Err(ConversationError::Malformed("expected a Welcome".into()));
         };
-        let builder =
-            StagedWelcome::build_from_welcome(provider, &config.join_config(), welcome).map_err(mls)?;
+        let builder = StagedWelcome::build_from_welcome(provider, &config.join_config(), welcome)
+            .map_err(mls)?;
         // A device removed earlier keeps the old, inactive group state; a new Welcome
         // into the same conversation replaces it. Joining a group this device is still
         // an active member of would fork its state: refuse.
-        let group_id = builder.processed_welcome().unverified_group_info().group_id().clone();
+        let group_id = builder
+            .processed_welcome()
+            .unverified_group_info()
+            .group_id()
+            .clone();
         let existing = MlsGroup::load(provider.storage(), &group_id)
             .map_err(|e| ConversationError::Corrupt(format!("{e:?}")))?;
         let builder = match existing {
@@ -370,23 +385,23 @@ impl Conversation {
         };
         let staged = builder.build().map_err(mls)?;
         let id = ConversationId::from_slice(staged.group_context().group_id().as_slice())
-            .ok_or_else(|| ConversationError::Malformed("group id is not a conversation id".into()))?;
+            .ok_or_else(|| {
+                ConversationError::Malformed("group id is not a conversation id".into())
+            })?;
 
         let mut pins = PendingPins::default();
         let mut seen = Vec::new();
         for member in staged.members() {
-            let device = trust::verify_leaf(
-                &member.credential,
-                &member.signature_key,
-                trust,
-                &mut pins,
-            )
-            .map_err(ConversationError::RefusedWelcome)?;
+            let device =
+                trust::verify_leaf(&member.credential, &member.signature_key, trust, &mut pins)
+                    .map_err(ConversationError::RefusedWelcome)?;
             if seen.contains(&device.device_id) {
-                return Err(ConversationError::RefusedWelcome(Refusal::DuplicateDevice {
-                    username: device.username,
-                    device: device.device_id,
-                }));
+                return Err(ConversationError::RefusedWelcome(
+                    Refusal::DuplicateDevice {
+                        username: device.username,
+                        device: device.device_id,
+                    },
+                ));
             }
             seen.push(device.device_id);
         }
@@ -703,7 +718,10 @@ impl Conversation {
 
     /// Drops this device's pending commit (the server refused it: another commit won
     /// the epoch). Apply the winning commit, then build a new one.
-    pub fn discard_commit<P: OpenMlsProvider>(&mut self, provider: &P) -> Result<(), ConversationError> {
+    pub fn discard_commit<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+    ) -> Result<(), ConversationError> {
         if self.group.pending_commit().is_none() {
             return Err(ConversationError::NoPendingCommit);
         }
@@ -792,7 +810,10 @@ impl Conversation {
         let protocol: ProtocolMessage = message
             .try_into_protocol_message()
             .map_err(|e| ConversationError::Malformed(e.to_string()))?;
-        let processed = self.group.process_message(provider, protocol).map_err(mls)?;
+        let processed = self
+            .group
+            .process_message(provider, protocol)
+            .map_err(mls)?;
         let sender = match processed.sender() {
             Sender::Member(index) => *index,
             _ => return Err(self.refused(Refusal::UnsupportedOperation("non-member sender"))),
@@ -851,8 +872,13 @@ impl Conversation {
         match queued.proposal() {
             Proposal::Add(add) => {
                 let leaf = add.key_package().leaf_node();
-                trust::verify_leaf(leaf.credential(), leaf.signature_key().as_slice(), trust, pins)
-                    .map_err(|r| self.refused(r))?;
+                trust::verify_leaf(
+                    leaf.credential(),
+                    leaf.signature_key().as_slice(),
+                    trust,
+                    pins,
+                )
+                .map_err(|r| self.refused(r))?;
             }
             Proposal::Update(update) => {
                 let leaf = update.leaf_node();
@@ -882,8 +908,13 @@ impl Conversation {
         trust: &dyn TrustStore,
         pins: &mut PendingPins,
     ) -> Result<(), ConversationError> {
-        let new = trust::verify_leaf(leaf.credential(), leaf.signature_key().as_slice(), trust, pins)
-            .map_err(|r| self.refused(r))?;
+        let new = trust::verify_leaf(
+            leaf.credential(),
+            leaf.signature_key().as_slice(),
+            trust,
+            pins,
+        )
+        .map_err(|r| self.refused(r))?;
         let old = self
             .group
             .member_at(index)

@@ -99,7 +99,11 @@ impl IdentityKeyPair {
 
 impl fmt::Debug for IdentityKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IdentityKeyPair(public: {:?}, secret: ***)", self.public())
+        write!(
+            f,
+            "IdentityKeyPair(public: {:?}, secret: ***)",
+            self.public()
+        )
     }
 }
 

@@ -58,7 +58,9 @@ pub fn generate_key_packages<P: OpenMlsProvider>(
     count: usize,
 ) -> Result<KeyPackageBatch, ConversationError> {
     if !config.is_supported() {
-        return Err(ConversationError::UnsupportedCiphersuite(config.ciphersuite));
+        return Err(ConversationError::UnsupportedCiphersuite(
+            config.ciphersuite,
+        ));
     }
     let one_time = (0..count)
         .map(|_| build(provider, device, config, false))

@@ -136,7 +136,8 @@ pub(crate) fn certificate_of(credential: &Credential) -> Result<DeviceCertificat
     if credential.credential_type() != CredentialType::Basic {
         return Err(Refusal::NotACertificate);
     }
-    let basic = BasicCredential::try_from(credential.clone()).map_err(|_| Refusal::NotACertificate)?;
+    let basic =
+        BasicCredential::try_from(credential.clone()).map_err(|_| Refusal::NotACertificate)?;
     DeviceCertificate::from_bytes(basic.identity()).map_err(|_| Refusal::NotACertificate)
 }
 
@@ -147,12 +148,9 @@ pub(crate) struct PendingPins(Vec<(Username, IdentityPublicKey)>);
 
 impl PendingPins {
     fn lookup(&self, trust: &dyn TrustStore, username: &Username) -> Option<IdentityPublicKey> {
-        trust.pinned_identity(username).or_else(|| {
-            self.0
-                .iter()
-                .find(|(u, _)| u == username)
-                .map(|(_, k)| *k)
-        })
+        trust
+            .pinned_identity(username)
+            .or_else(|| self.0.iter().find(|(u, _)| u == username).map(|(_, k)| *k))
     }
 
     /// Checks `key` against the pin for `username` (or a pin made earlier in this

@@ -1,14 +1,15 @@
 //! Each attack from the threat model, tried and shown to fail. The attacker is either
 //! the server (it hands out key packages and device lists) or a compromised member
 //! device that drives OpenMLS directly, bypassing Sotto's checks on its own side.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::{World, name};
+use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::{
     BasicCredential, CredentialWithKey, GroupId, KeyPackage, LeafNodeParameters, MlsGroup,
 };
-use openmls::prelude::tls_codec::Serialize as _;
 use openmls_traits::OpenMlsProvider;
 use proptest::prelude::*;
 use sotto_core::trust::Refusal;
@@ -31,9 +32,12 @@ fn trio() -> (World, ConversationId, DeviceId, DeviceId, DeviceId) {
 
 /// The raw OpenMLS group of a device: what a compromised client can drive directly.
 fn raw_group(w: &World, dev: DeviceId, conv: ConversationId) -> MlsGroup {
-    MlsGroup::load(w.devs[&dev].provider.storage(), &GroupId::from_slice(conv.as_bytes()))
-        .unwrap()
-        .unwrap()
+    MlsGroup::load(
+        w.devs[&dev].provider.storage(),
+        &GroupId::from_slice(conv.as_bytes()),
+    )
+    .unwrap()
+    .unwrap()
 }
 
 /// A key package built with OpenMLS directly, with any credential and any signer.
@@ -49,8 +53,14 @@ fn forged_key_package(w: &World, cwk: CredentialWithKey, signer: &DeviceSigner) 
 /// Asserts `result` is a refusal matching `check`, surfaced as a security event.
 fn assert_refused(result: Result<Incoming, ConversationError>, check: impl Fn(&Refusal) -> bool) {
     let err = result.expect_err("the attack must be refused");
-    let event = err.security_event().unwrap_or_else(|| panic!("not a security event: {err}"));
-    assert!(check(&event.refusal), "unexpected refusal: {:?}", event.refusal);
+    let event = err
+        .security_event()
+        .unwrap_or_else(|| panic!("not a security event: {err}"));
+    assert!(
+        check(&event.refusal),
+        "unexpected refusal: {:?}",
+        event.refusal
+    );
 }
 
 /// Compromised alice adds `kp` through raw OpenMLS; bob and carol must refuse the commit
@@ -61,7 +71,11 @@ fn ghost_commit_is_refused(kp: KeyPackage, check: impl Fn(&Refusal) -> bool) {
     let auth = w.devs[&bob].convs[&conv].epoch_authenticator();
     let mut group = raw_group(&w, alice, conv);
     let (commit, _welcome, _) = group
-        .add_members(&w.devs[&alice].provider, w.devs[&alice].local.signer(), &[kp])
+        .add_members(
+            &w.devs[&alice].provider,
+            w.devs[&alice].local.signer(),
+            &[kp],
+        )
         .unwrap();
     let commit = commit.to_bytes().unwrap();
     for victim in [bob, carol] {
@@ -79,7 +93,8 @@ fn ghost_commit_is_refused(kp: KeyPackage, check: impl Fn(&Refusal) -> bool) {
 #[test]
 fn an_uncertified_leaf_is_refused() {
     let w = World::new();
-    let signer = DeviceSigner::generate(openmls_rust_crypto::OpenMlsRustCrypto::default().rand()).unwrap();
+    let signer =
+        DeviceSigner::generate(openmls_rust_crypto::OpenMlsRustCrypto::default().rand()).unwrap();
     let cwk = CredentialWithKey {
         credential: BasicCredential::new(b"ghost".to_vec()).into(),
         signature_key: signer.public_key().to_vec().into(),
@@ -93,7 +108,8 @@ fn an_uncertified_leaf_is_refused() {
 fn a_real_certificate_on_another_key_is_refused() {
     // The ghost reuses bob's genuine (public) certificate with its own key.
     let (w, _, _, bob, _) = trio();
-    let signer = DeviceSigner::generate(openmls_rust_crypto::OpenMlsRustCrypto::default().rand()).unwrap();
+    let signer =
+        DeviceSigner::generate(openmls_rust_crypto::OpenMlsRustCrypto::default().rand()).unwrap();
     let cwk = CredentialWithKey {
         credential: BasicCredential::new(w.devs[&bob].local.certificate().to_bytes()).into(),
         signature_key: signer.public_key().to_vec().into(),
@@ -111,9 +127,10 @@ fn a_certificate_signed_by_another_account_is_refused() {
     let mallory = IdentityKeyPair::generate(p.rand()).unwrap();
     let ghost = LocalDevice::create(p.rand(), &mallory, &name("bob"), 1).unwrap();
     let kp = forged_key_package(&w, ghost.credential_with_key(), ghost.signer());
-    ghost_commit_is_refused(kp, |r| {
-        matches!(r, Refusal::IdentityKeyChanged { username, .. } if username.as_str() == "bob")
-    });
+    ghost_commit_is_refused(
+        kp,
+        |r| matches!(r, Refusal::IdentityKeyChanged { username, .. } if username.as_str() == "bob"),
+    );
 }
 
 #[test]
@@ -130,7 +147,8 @@ fn a_certificate_naming_the_right_key_but_signed_by_another_is_refused() {
         identity_key: *w.devs[&bob].local.certificate().identity_key(),
         created_at: 1,
     };
-    let forged_by_mallory = mallory.certify_device(&name("bob"), fields.device_id, fields.device_key, 1);
+    let forged_by_mallory =
+        mallory.certify_device(&name("bob"), fields.device_id, fields.device_key, 1);
     let mut bytes = forged_by_mallory.to_bytes();
     // Swap in bob's identity key (offset: version 1 + len 2 + "bob" 3 + id 16 + key 32).
     bytes[54..86].copy_from_slice(fields.identity_key.as_bytes());
@@ -164,7 +182,11 @@ fn a_welcome_into_a_group_with_a_ghost_is_refused() {
         .unwrap();
     let mut group = raw_group(&w, alice, conv);
     let (_, welcome, _) = group
-        .add_members(&w.devs[&alice].provider, w.devs[&alice].local.signer(), &[ghost, dave_kp])
+        .add_members(
+            &w.devs[&alice].provider,
+            w.devs[&alice].local.signer(),
+            &[ghost, dave_kp],
+        )
         .unwrap();
     let welcome = welcome.tls_serialize_detached().unwrap();
     let config = w.config.clone();
@@ -188,7 +210,8 @@ fn a_leaf_update_that_changes_the_device_is_refused() {
     // alice's first device updates its leaf to carry her second device's certificate
     // and key: certified, but a different device taking over the leaf.
     let second_cwk = w.devs[&a[1]].local.credential_with_key();
-    let second_signer = DeviceSigner::from_secret_bytes(&w.devs[&a[1]].local.signer().to_secret_bytes());
+    let second_signer =
+        DeviceSigner::from_secret_bytes(&w.devs[&a[1]].local.signer().to_secret_bytes());
     let mut group = raw_group(&w, a[0], conv);
     let new_signer = openmls::prelude::NewSignerBundle {
         signer: &second_signer,
@@ -204,7 +227,9 @@ fn a_leaf_update_that_changes_the_device_is_refused() {
         .unwrap();
     let commit = bundle.into_commit().to_bytes().unwrap();
     let epoch = w.devs[&bob].convs[&conv].epoch();
-    assert_refused(w.process(bob, conv, &commit), |r| matches!(r, Refusal::IdentityChangedInUpdate { .. }));
+    assert_refused(w.process(bob, conv, &commit), |r| {
+        matches!(r, Refusal::IdentityChangedInUpdate { .. })
+    });
     assert_eq!(w.devs[&bob].convs[&conv].epoch(), epoch);
 }
 
@@ -226,22 +251,40 @@ fn key_substitution_by_the_server_is_refused() {
         .convs
         .get_mut(&second)
         .unwrap()
-        .add_users(&dev.provider, &dev.local, &mut dev.trust, &[substituted.clone()])
+        .add_users(
+            &dev.provider,
+            &dev.local,
+            &mut dev.trust,
+            std::slice::from_ref(&substituted),
+        )
         .unwrap_err();
-    assert!(matches!(
-        err.security_event().unwrap().refusal,
-        Refusal::IdentityKeyChanged { .. }
-    ), "{err}");
+    assert!(
+        matches!(
+            err.security_event().unwrap().refusal,
+            Refusal::IdentityKeyChanged { .. }
+        ),
+        "{err}"
+    );
     // Claimed key packages without the device list: refused the same way.
-    let claimed = ClaimedKeyPackage { username: name("bob"), bytes: substituted.key_packages[0].clone() };
+    let claimed = ClaimedKeyPackage {
+        username: name("bob"),
+        bytes: substituted.key_packages[0].clone(),
+    };
     let err = dev
         .convs
         .get_mut(&second)
         .unwrap()
         .add_devices(&dev.provider, &dev.local, &mut dev.trust, &[claimed])
         .unwrap_err();
-    assert!(matches!(err.security_event().unwrap().refusal, Refusal::IdentityKeyChanged { .. }));
-    assert_eq!(dev.trust.pinned_identity(&name("bob")), pinned, "the pin must not move");
+    assert!(matches!(
+        err.security_event().unwrap().refusal,
+        Refusal::IdentityKeyChanged { .. }
+    ));
+    assert_eq!(
+        dev.trust.pinned_identity(&name("bob")),
+        pinned,
+        "the pin must not move"
+    );
     assert_eq!(dev.convs[&second].epoch(), 0);
 }
 
@@ -259,9 +302,20 @@ fn a_key_package_for_someone_else_is_refused() {
         .convs
         .get_mut(&conv)
         .unwrap()
-        .add_devices(&dev.provider, &dev.local, &mut dev.trust, &[ClaimedKeyPackage { username: name("bob"), bytes: carol_kp }])
+        .add_devices(
+            &dev.provider,
+            &dev.local,
+            &mut dev.trust,
+            &[ClaimedKeyPackage {
+                username: name("bob"),
+                bytes: carol_kp,
+            }],
+        )
         .unwrap_err();
-    assert!(matches!(err.security_event().unwrap().refusal, Refusal::WrongAccount { .. }));
+    assert!(matches!(
+        err.security_event().unwrap().refusal,
+        Refusal::WrongAccount { .. }
+    ));
 }
 
 #[test]
@@ -283,7 +337,11 @@ fn a_device_list_rollback_is_refused() {
         .unwrap_err();
     assert!(matches!(
         err.security_event().unwrap().refusal,
-        Refusal::BadCertificate(CertError::Rollback { seen: 2, offered: 1, .. })
+        Refusal::BadCertificate(CertError::Rollback {
+            seen: 2,
+            offered: 1,
+            ..
+        })
     ));
 }
 
@@ -305,15 +363,24 @@ fn a_key_package_for_a_device_missing_from_the_list_is_refused() {
         .unwrap()
         .add_users(&dev.provider, &dev.local, &mut dev.trust, &[with_extra])
         .unwrap_err();
-    assert!(matches!(err.security_event().unwrap().refusal, Refusal::NotInDeviceList { .. }));
+    assert!(matches!(
+        err.security_event().unwrap().refusal,
+        Refusal::NotInDeviceList { .. }
+    ));
 }
 
 #[test]
 fn a_replayed_application_message_is_refused() {
     let (mut w, conv, alice, bob, _) = trio();
     let (_, bytes) = w.encrypt(alice, conv, "once");
-    assert!(matches!(w.process(bob, conv, &bytes).unwrap(), Incoming::Message(_)));
-    assert!(w.process(bob, conv, &bytes).is_err(), "a replay must not decrypt again");
+    assert!(matches!(
+        w.process(bob, conv, &bytes).unwrap(),
+        Incoming::Message(_)
+    ));
+    assert!(
+        w.process(bob, conv, &bytes).is_err(),
+        "a replay must not decrypt again"
+    );
     assert_eq!(w.devs[&bob].received.len(), 1);
 }
 
@@ -322,17 +389,32 @@ fn replayed_and_stale_commits_are_refused() {
     let (mut w, conv, alice, bob, carol) = trio();
     // Bob and carol both commit for the same epoch; the server orders bob's first.
     let dev = w.devs.get_mut(&carol).unwrap();
-    let losing = dev.convs.get_mut(&conv).unwrap().self_update(&dev.provider, &dev.local).unwrap();
+    let losing = dev
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .self_update(&dev.provider, &dev.local)
+        .unwrap();
     let dev = w.devs.get_mut(&bob).unwrap();
-    let winning = dev.convs.get_mut(&conv).unwrap().self_update(&dev.provider, &dev.local).unwrap();
+    let winning = dev
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .self_update(&dev.provider, &dev.local)
+        .unwrap();
     assert_eq!(losing.metadata.epoch, winning.metadata.epoch);
     // Deliver the winner to alice; carol discards hers and applies the winner.
-    dev.convs.get_mut(&conv).unwrap().confirm_commit(&dev.provider).unwrap();
+    dev.convs
+        .get_mut(&conv)
+        .unwrap()
+        .confirm_commit(&dev.provider)
+        .unwrap();
     w.process(alice, conv, &winning.commit).unwrap();
     let dev = w.devs.get_mut(&carol).unwrap();
     let c = dev.convs.get_mut(&conv).unwrap();
     c.discard_commit(&dev.provider).unwrap();
-    c.process(&dev.provider, &mut dev.trust, &winning.commit).unwrap();
+    c.process(&dev.provider, &mut dev.trust, &winning.commit)
+        .unwrap();
     w.assert_agree(conv);
     let epoch = w.devs[&alice].convs[&conv].epoch();
 
@@ -357,7 +439,10 @@ fn tampered_ciphertext_is_refused_and_harms_nothing() {
     for i in [bytes.len() - 1, bytes.len() / 2, 30] {
         let mut tampered = bytes.clone();
         tampered[i] ^= 0x01;
-        assert!(w.process(bob, conv, &tampered).is_err(), "tamper at {i} accepted");
+        assert!(
+            w.process(bob, conv, &tampered).is_err(),
+            "tamper at {i} accepted"
+        );
     }
     match w.process(bob, conv, &bytes).unwrap() {
         Incoming::Message(m) => assert_eq!(m.envelope, env),
@@ -370,14 +455,29 @@ fn a_message_for_a_future_epoch_is_reported_as_such() {
     let (mut w, conv, alice, bob, carol) = trio();
     // Carol misses bob's commit, then gets alice's message of the new epoch.
     let dev = w.devs.get_mut(&bob).unwrap();
-    let out = dev.convs.get_mut(&conv).unwrap().self_update(&dev.provider, &dev.local).unwrap();
-    dev.convs.get_mut(&conv).unwrap().confirm_commit(&dev.provider).unwrap();
+    let out = dev
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .self_update(&dev.provider, &dev.local)
+        .unwrap();
+    dev.convs
+        .get_mut(&conv)
+        .unwrap()
+        .confirm_commit(&dev.provider)
+        .unwrap();
     w.process(alice, conv, &out.commit).unwrap();
     let (_, msg) = w.encrypt(alice, conv, "new epoch");
-    assert!(matches!(w.process(carol, conv, &msg), Err(ConversationError::FutureEpoch { .. })));
+    assert!(matches!(
+        w.process(carol, conv, &msg),
+        Err(ConversationError::FutureEpoch { .. })
+    ));
     // After the commit, it decrypts.
     w.process(carol, conv, &out.commit).unwrap();
-    assert!(matches!(w.process(carol, conv, &msg).unwrap(), Incoming::Message(_)));
+    assert!(matches!(
+        w.process(carol, conv, &msg).unwrap(),
+        Incoming::Message(_)
+    ));
 }
 
 proptest! {

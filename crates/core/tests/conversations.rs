@@ -1,4 +1,5 @@
 //! Round trips: 1:1 and a group of 5 users x 2 devices, membership changes, roster.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -25,7 +26,10 @@ fn one_to_one_both_ways() {
     assert_eq!(w.devs[&bob].received.len(), 5);
     assert_eq!(w.devs[&alice].received.len(), 5);
     let users = w.devs[&alice].convs[&conv].roster().unwrap().users();
-    assert_eq!(users.keys().cloned().collect::<Vec<_>>(), vec![name("alice"), name("bob")]);
+    assert_eq!(
+        users.keys().cloned().collect::<Vec<_>>(),
+        vec![name("alice"), name("bob")]
+    );
 }
 
 #[test]
@@ -45,7 +49,10 @@ fn group_of_five_users_with_two_devices_each() {
         let dev = w.devs.get_mut(&dev0).unwrap();
         let claimed: Vec<_> = kp.key_packages[1..]
             .iter()
-            .map(|b| sotto_core::ClaimedKeyPackage { username: name("ann"), bytes: b.clone() })
+            .map(|b| sotto_core::ClaimedKeyPackage {
+                username: name("ann"),
+                bytes: b.clone(),
+            })
             .collect();
         let out = dev
             .convs
@@ -68,7 +75,12 @@ fn group_of_five_users_with_two_devices_each() {
     // Every device received the 9 messages of the others, each exactly once.
     for (i, d) in devices.iter().enumerate() {
         let got: Vec<_> = w.devs[d].received.iter().map(|m| m.envelope.id).collect();
-        let expected: Vec<_> = sent.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, id)| *id).collect();
+        let expected: Vec<_> = sent
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, id)| *id)
+            .collect();
         assert_eq!(got, expected, "device {i}");
     }
     let users = w.devs[&devices[3]].convs[&conv].roster().unwrap().users();
@@ -93,10 +105,16 @@ fn removed_members_cannot_read_and_new_members_cannot_read_the_past() {
     w.assert_agree(conv);
 
     w.remove_users(alice, conv, &["bob"]);
-    assert!(!w.devs[&bob].convs.contains_key(&conv), "bob saw his own removal");
+    assert!(
+        !w.devs[&bob].convs.contains_key(&conv),
+        "bob saw his own removal"
+    );
     w.assert_agree(conv);
     let (_, after) = w.encrypt(alice, conv, "bob is gone");
-    assert!(matches!(w.process(carol, conv, &after).unwrap(), Incoming::Message(_)));
+    assert!(matches!(
+        w.process(carol, conv, &after).unwrap(),
+        Incoming::Message(_)
+    ));
     // Bob kept his last state; it cannot decrypt what was sent after his removal.
     let dev = w.devs.get_mut(&bob).unwrap();
     let old = dev.left.get_mut(&conv).unwrap();
@@ -157,13 +175,25 @@ fn a_welcome_for_a_conversation_the_device_is_in_is_refused() {
     let conv = w.create(alice);
     let kps = w.key_packages("bob");
     let dev = w.devs.get_mut(&alice).unwrap();
-    let out = dev.convs.get_mut(&conv).unwrap().add_users(&dev.provider, &dev.local, &mut dev.trust, &[kps]).unwrap();
+    let out = dev
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .add_users(&dev.provider, &dev.local, &mut dev.trust, &[kps])
+        .unwrap();
     let welcome = out.welcome.clone().unwrap();
     w.deliver_commit(alice, conv, out);
     // The server replays the Welcome: bob's live state must not be replaced.
     let config = w.config.clone();
     let dev = w.devs.get_mut(&bob).unwrap();
-    let err = sotto_core::Conversation::join(&dev.provider, &mut dev.trust, &welcome, &config).unwrap_err();
-    assert!(matches!(err, sotto_core::ConversationError::AlreadyMember | sotto_core::ConversationError::Mls(_)), "{err}");
+    let err = sotto_core::Conversation::join(&dev.provider, &mut dev.trust, &welcome, &config)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            sotto_core::ConversationError::AlreadyMember | sotto_core::ConversationError::Mls(_)
+        ),
+        "{err}"
+    );
     w.send(alice, conv, "still fine");
 }

@@ -3,6 +3,7 @@
 //! delivery service does, with devices that lag and catch up. Invariant: in the end every
 //! member agrees on epoch, roster and epoch authenticator, and every message reached
 //! each device that was a member when it was sent, exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -68,7 +69,14 @@ impl Sim {
         let conv = w.create(creator);
         let mut cursor = BTreeMap::new();
         cursor.insert(creator, 0);
-        Self { w, conv, log: vec![], cursor, roster: vec![creator], expected: BTreeMap::new() }
+        Self {
+            w,
+            conv,
+            log: vec![],
+            cursor,
+            roster: vec![creator],
+            expected: BTreeMap::new(),
+        }
     }
 
     fn members(&self) -> Vec<DeviceId> {
@@ -82,12 +90,17 @@ impl Sim {
 
     fn in_group(&self, u: usize) -> bool {
         let n = name(&user(u));
-        self.w.users[&n].devices.iter().any(|d| self.roster.contains(d))
+        self.w.users[&n]
+            .devices
+            .iter()
+            .any(|d| self.roster.contains(d))
     }
 
     /// Processes the log at `dev` up to the end, in order.
     fn catch_up(&mut self, dev: DeviceId) {
-        let Some(mut at) = self.cursor.get(&dev).copied() else { return };
+        let Some(mut at) = self.cursor.get(&dev).copied() else {
+            return;
+        };
         while at < self.log.len() {
             let bytes = match &self.log[at] {
                 Entry::Commit(c) => c.commit.clone(),
@@ -121,21 +134,43 @@ impl Sim {
         }
         self.log.push(Entry::Commit(out));
         let d = self.w.devs.get_mut(&by).unwrap();
-        let change = d.convs.get_mut(&self.conv).unwrap().confirm_commit(&d.provider).unwrap();
-        assert_eq!(change.removed.iter().map(|e| e.device_id).collect::<Vec<_>>(), removed);
+        let change = d
+            .convs
+            .get_mut(&self.conv)
+            .unwrap()
+            .confirm_commit(&d.provider)
+            .unwrap();
+        assert_eq!(
+            change
+                .removed
+                .iter()
+                .map(|e| e.device_id)
+                .collect::<Vec<_>>(),
+            removed
+        );
         self.cursor.insert(by, self.log.len());
         self.roster.retain(|d| !removed.contains(d));
         self.roster.extend(added.iter().copied());
         let config = self.w.config.clone();
         for a in added {
             let d = self.w.devs.get_mut(&a).unwrap();
-            let joined = Conversation::join(&d.provider, &mut d.trust, welcome.as_ref().unwrap(), &config).unwrap();
+            let joined = Conversation::join(
+                &d.provider,
+                &mut d.trust,
+                welcome.as_ref().unwrap(),
+                &config,
+            )
+            .unwrap();
             d.convs.insert(self.conv, joined.conversation);
             self.cursor.insert(a, self.log.len());
         }
     }
 
-    fn with_conv<T>(&mut self, dev: DeviceId, f: impl FnOnce(&mut common::Dev, &mut Conversation) -> T) -> T {
+    fn with_conv<T>(
+        &mut self,
+        dev: DeviceId,
+        f: impl FnOnce(&mut common::Dev, &mut Conversation) -> T,
+    ) -> T {
         let d = self.w.devs.get_mut(&dev).unwrap();
         let mut c = d.convs.remove(&self.conv).unwrap();
         let out = f(d, &mut c);
@@ -152,7 +187,10 @@ impl Sim {
                 let actor = self.pick(u);
                 self.catch_up(actor);
                 let kps = self.w.key_packages(&user(u));
-                let out = self.with_conv(actor, |d, c| c.add_users(&d.provider, &d.local, &mut d.trust, &[kps]).unwrap());
+                let out = self.with_conv(actor, |d, c| {
+                    c.add_users(&d.provider, &d.local, &mut d.trust, &[kps])
+                        .unwrap()
+                });
                 self.accept(actor, out);
             }
             Op::RemoveUser(u) => {
@@ -160,11 +198,17 @@ impl Sim {
                     return;
                 }
                 let target = name(&user(u));
-                let Some(actor) = self.members().into_iter().find(|d| self.w.devs[d].local.username() != &target) else {
+                let Some(actor) = self
+                    .members()
+                    .into_iter()
+                    .find(|d| self.w.devs[d].local.username() != &target)
+                else {
                     return;
                 };
                 self.catch_up(actor);
-                let out = self.with_conv(actor, |d, c| c.remove_users(&d.provider, &d.local, &[target]).unwrap());
+                let out = self.with_conv(actor, |d, c| {
+                    c.remove_users(&d.provider, &d.local, &[target]).unwrap()
+                });
                 self.accept(actor, out);
             }
             Op::AddDevice(u) => {
@@ -177,22 +221,36 @@ impl Sim {
                 }
                 // One of the user's own devices links the new one into the group.
                 let n = name(&user(u));
-                let actor = *self.w.users[&n].devices.iter().find(|d| self.roster.contains(d)).unwrap();
+                let actor = *self.w.users[&n]
+                    .devices
+                    .iter()
+                    .find(|d| self.roster.contains(d))
+                    .unwrap();
                 self.catch_up(actor);
                 let config = self.w.config.clone();
                 let kp = {
                     let d = &self.w.devs[&new];
-                    sotto_core::generate_key_packages(&d.provider, &d.local, &config, 1).unwrap().one_time.remove(0)
+                    sotto_core::generate_key_packages(&d.provider, &d.local, &config, 1)
+                        .unwrap()
+                        .one_time
+                        .remove(0)
                 };
-                let claimed = ClaimedKeyPackage { username: n, bytes: kp };
-                let out = self.with_conv(actor, |d, c| c.add_devices(&d.provider, &d.local, &mut d.trust, &[claimed]).unwrap());
+                let claimed = ClaimedKeyPackage {
+                    username: n,
+                    bytes: kp,
+                };
+                let out = self.with_conv(actor, |d, c| {
+                    c.add_devices(&d.provider, &d.local, &mut d.trust, &[claimed])
+                        .unwrap()
+                });
                 assert_eq!(out.metadata.added, vec![new]);
                 self.accept(actor, out);
             }
             Op::SelfUpdate(i) => {
                 let actor = self.pick(i);
                 self.catch_up(actor);
-                let out = self.with_conv(actor, |d, c| c.self_update(&d.provider, &d.local).unwrap());
+                let out =
+                    self.with_conv(actor, |d, c| c.self_update(&d.provider, &d.local).unwrap());
                 self.accept(actor, out);
             }
             Op::Send(i) => {
@@ -217,7 +275,8 @@ impl Sim {
                 self.catch_up(a);
                 self.catch_up(b);
                 let first = self.with_conv(a, |d, c| c.self_update(&d.provider, &d.local).unwrap());
-                let second = self.with_conv(b, |d, c| c.self_update(&d.provider, &d.local).unwrap());
+                let second =
+                    self.with_conv(b, |d, c| c.self_update(&d.provider, &d.local).unwrap());
                 assert_eq!(first.metadata.epoch, second.metadata.epoch);
                 // The server orders a's first; b's is stale: b discards, catches up, retries.
                 self.accept(a, first);
@@ -236,8 +295,15 @@ impl Sim {
         }
         self.w.assert_agree(self.conv);
         let epoch = self.w.devs[&self.members()[0]].convs[&self.conv].epoch();
-        let commits = self.log.iter().filter(|e| matches!(e, Entry::Commit(_))).count() as u64;
-        assert_eq!(epoch, commits, "every accepted commit advanced the epoch by exactly one");
+        let commits = self
+            .log
+            .iter()
+            .filter(|e| matches!(e, Entry::Commit(_)))
+            .count() as u64;
+        assert_eq!(
+            epoch, commits,
+            "every accepted commit advanced the epoch by exactly one"
+        );
         for (dev, d) in &self.w.devs {
             let got: Vec<MessageId> = d.received.iter().map(|m| m.envelope.id).collect();
             let want = self.expected.get(dev).cloned().unwrap_or_default();

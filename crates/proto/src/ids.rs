@@ -290,7 +290,10 @@ mod tests {
 
     #[test]
     fn usernames_are_case_folded_and_validated() {
-        assert_eq!(Username::parse("Alice_1.x-y").unwrap().as_str(), "alice_1.x-y");
+        assert_eq!(
+            Username::parse("Alice_1.x-y").unwrap().as_str(),
+            "alice_1.x-y"
+        );
         assert_eq!(Username::parse("ab"), Err(IdError::UsernameLength(2)));
         assert_eq!(
             Username::parse(&"a".repeat(33)),

@@ -1,4 +1,5 @@
 //! Certificate and device-list verification, including the attacks it must refuse.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ed25519_dalek::{Signer, SigningKey};
 use proptest::prelude::*;
@@ -25,7 +26,13 @@ fn cert(sk: &SigningKey, pk: IdentityPublicKey, user: &str, dev: u8) -> DeviceCe
     DeviceCertificate::from_parts(fields, sig)
 }
 
-fn list(sk: &SigningKey, pk: IdentityPublicKey, user: &str, version: u64, devices: Vec<DeviceCertificate>) -> DeviceList {
+fn list(
+    sk: &SigningKey,
+    pk: IdentityPublicKey,
+    user: &str,
+    version: u64,
+    devices: Vec<DeviceCertificate>,
+) -> DeviceList {
     let fields = DeviceListFields {
         username: Username::parse(user).unwrap(),
         identity_key: pk,
@@ -54,7 +61,10 @@ fn a_certificate_claiming_another_identity_key_fails() {
     let (_, alice_pk) = identity(1);
     let (mallory_sk, _) = identity(2);
     let forged = cert(&mallory_sk, alice_pk, "alice", 1);
-    assert!(matches!(forged.verify(), Err(CertError::BadSignature { .. })));
+    assert!(matches!(
+        forged.verify(),
+        Err(CertError::BadSignature { .. })
+    ));
 }
 
 #[test]
@@ -67,7 +77,10 @@ fn every_single_bit_flip_breaks_a_certificate() {
             b[i] ^= 1 << bit;
             // Either it no longer decodes, or it no longer verifies.
             if let Ok(c) = DeviceCertificate::from_bytes(&b) {
-                assert!(c.verify().is_err(), "flip at byte {i} bit {bit} still verifies");
+                assert!(
+                    c.verify().is_err(),
+                    "flip at byte {i} bit {bit} still verifies"
+                );
             }
         }
     }
@@ -86,16 +99,28 @@ fn a_non_canonical_username_is_refused() {
 fn device_lists_verify_and_detect_rollback_and_equivocation() {
     let (sk, pk) = identity(1);
     let v1 = list(&sk, pk, "alice", 1, vec![cert(&sk, pk, "alice", 1)]);
-    let v2 = list(&sk, pk, "alice", 2, vec![cert(&sk, pk, "alice", 1), cert(&sk, pk, "alice", 2)]);
+    let v2 = list(
+        &sk,
+        pk,
+        "alice",
+        2,
+        vec![cert(&sk, pk, "alice", 1), cert(&sk, pk, "alice", 2)],
+    );
     v1.verify().unwrap();
     v2.verify().unwrap();
     assert_eq!(DeviceList::from_bytes(&v2.to_bytes()).unwrap(), v2);
 
-    v2.check_not_rollback(Some((v1.version(), v1.digest()))).unwrap();
-    v2.check_not_rollback(Some((v2.version(), v2.digest()))).unwrap();
+    v2.check_not_rollback(Some((v1.version(), v1.digest())))
+        .unwrap();
+    v2.check_not_rollback(Some((v2.version(), v2.digest())))
+        .unwrap();
     assert!(matches!(
         v1.check_not_rollback(Some((v2.version(), v2.digest()))),
-        Err(CertError::Rollback { seen: 2, offered: 1, .. })
+        Err(CertError::Rollback {
+            seen: 2,
+            offered: 1,
+            ..
+        })
     ));
     // A different list under an already seen version.
     let v2_other = list(&sk, pk, "alice", 2, vec![cert(&sk, pk, "alice", 3)]);
@@ -111,12 +136,24 @@ fn device_list_attacks_fail() {
     let (bob_sk, bob_pk) = identity(2);
     // A certificate of bob's inside alice's list.
     let mixed = list(&sk, pk, "alice", 3, vec![cert(&bob_sk, bob_pk, "bob", 9)]);
-    assert!(matches!(mixed.verify(), Err(CertError::ForeignCertificate { .. })));
+    assert!(matches!(
+        mixed.verify(),
+        Err(CertError::ForeignCertificate { .. })
+    ));
     // A list signed by someone else.
     let forged = list(&bob_sk, pk, "alice", 3, vec![cert(&sk, pk, "alice", 1)]);
-    assert!(matches!(forged.verify(), Err(CertError::BadSignature { .. })));
+    assert!(matches!(
+        forged.verify(),
+        Err(CertError::BadSignature { .. })
+    ));
     // The same device twice.
-    let dup = list(&sk, pk, "alice", 3, vec![cert(&sk, pk, "alice", 1), cert(&sk, pk, "alice", 1)]);
+    let dup = list(
+        &sk,
+        pk,
+        "alice",
+        3,
+        vec![cert(&sk, pk, "alice", 1), cert(&sk, pk, "alice", 1)],
+    );
     assert!(matches!(dup.verify(), Err(CertError::DuplicateDevice(_))));
     // An invalid identity key is an error, not a panic.
     let junk = IdentityPublicKey::from_bytes([0xff; 32]);

@@ -1,6 +1,6 @@
 //! A small in-memory world for engine tests: users with devices, a delivery step that
 //! hands each message to every other member device, and helpers to look at state.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 
@@ -77,7 +77,8 @@ impl World {
         let provider = Provider::default();
         let now = 1_700_000_000 + self.next();
         let u = self.users.get_mut(&username).unwrap();
-        let local = LocalDevice::create(provider_rand(&provider), &u.identity, &username, now).unwrap();
+        let local =
+            LocalDevice::create(provider_rand(&provider), &u.identity, &username, now).unwrap();
         let id = local.device_id();
         u.devices.push(id);
         u.list_version += 1;
@@ -128,7 +129,8 @@ impl World {
     }
 
     pub fn create(&mut self, by: DeviceId) -> ConversationId {
-        let id = ConversationId::from_bytes(self.next().to_be_bytes().repeat(2).try_into().unwrap());
+        let id =
+            ConversationId::from_bytes(self.next().to_be_bytes().repeat(2).try_into().unwrap());
         let config = self.config.clone();
         let dev = self.devs.get_mut(&by).unwrap();
         let conv = Conversation::create(&dev.provider, &dev.local, id, &config).unwrap();
@@ -147,12 +149,19 @@ impl World {
         let old_members = self.members(by, conv);
         {
             let dev = self.devs.get_mut(&by).unwrap();
-            dev.convs.get_mut(&conv).unwrap().confirm_commit(&dev.provider).unwrap();
+            dev.convs
+                .get_mut(&conv)
+                .unwrap()
+                .confirm_commit(&dev.provider)
+                .unwrap();
         }
         for m in old_members.into_iter().filter(|m| *m != by) {
             let dev = self.devs.get_mut(&m).unwrap();
             let c = dev.convs.get_mut(&conv).unwrap();
-            match c.process(&dev.provider, &mut dev.trust, &out.commit).unwrap() {
+            match c
+                .process(&dev.provider, &mut dev.trust, &out.commit)
+                .unwrap()
+            {
                 Incoming::Commit { change, .. } => {
                     if change.removed_me {
                         assert!(!c.is_active());
@@ -226,15 +235,30 @@ impl World {
     }
 
     /// Encrypts at `by`.
-    pub fn encrypt(&mut self, by: DeviceId, conv: ConversationId, text: &str) -> (Envelope, Vec<u8>) {
+    pub fn encrypt(
+        &mut self,
+        by: DeviceId,
+        conv: ConversationId,
+        text: &str,
+    ) -> (Envelope, Vec<u8>) {
         let env = self.envelope(text);
         let dev = self.devs.get_mut(&by).unwrap();
-        let bytes = dev.convs.get_mut(&conv).unwrap().encrypt(&dev.provider, &dev.local, &env).unwrap();
+        let bytes = dev
+            .convs
+            .get_mut(&conv)
+            .unwrap()
+            .encrypt(&dev.provider, &dev.local, &env)
+            .unwrap();
         (env, bytes)
     }
 
     /// Processes bytes at `at`.
-    pub fn process(&mut self, at: DeviceId, conv: ConversationId, bytes: &[u8]) -> Result<Incoming, ConversationError> {
+    pub fn process(
+        &mut self,
+        at: DeviceId,
+        conv: ConversationId,
+        bytes: &[u8],
+    ) -> Result<Incoming, ConversationError> {
         let dev = self.devs.get_mut(&at).unwrap();
         let c = dev.convs.get_mut(&conv).unwrap();
         let result = c.process(&dev.provider, &mut dev.trust, bytes);
