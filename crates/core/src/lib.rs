@@ -20,6 +20,7 @@ pub mod conversation;
 pub mod identity;
 pub mod key_package;
 pub mod safety;
+pub mod storage;
 pub mod trust;
 
 pub use config::ConversationConfig;
