@@ -113,7 +113,10 @@ fn messages<P: OpenMlsProvider>(c: &mut Criterion, stack: &str, make: fn() -> P)
                 b.iter(|| {
                     n += 1;
                     let env = envelope(n, size);
-                    black_box(p.a.encrypt(&p.alice.provider, &p.alice.local, &env).unwrap())
+                    black_box(
+                        p.a.encrypt(&p.alice.provider, &p.alice.local, &env)
+                            .unwrap(),
+                    )
                 });
                 // Keep bob in step with the ratchet: deliver nothing; encryptions above
                 // only advance alice's own sending chain, which bob never needs.
@@ -127,15 +130,13 @@ fn messages<P: OpenMlsProvider>(c: &mut Criterion, stack: &str, make: fn() -> P)
                         p.b.encrypt(&p.bob.provider, &p.bob.local, &envelope(n, size))
                             .unwrap()
                     },
-                    |bytes| {
-                        match p
-                            .a
-                            .process(&p.alice.provider, &mut p.alice.trust, &bytes)
-                            .unwrap()
-                        {
-                            Incoming::Message(m) => black_box(m),
-                            other => panic!("{other:?}"),
-                        }
+                    |bytes| match p
+                        .a
+                        .process(&p.alice.provider, &mut p.alice.trust, &bytes)
+                        .unwrap()
+                    {
+                        Incoming::Message(m) => black_box(m),
+                        other => panic!("{other:?}"),
                     },
                     BatchSize::SmallInput,
                 )

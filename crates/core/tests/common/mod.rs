@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto_core::content::Text;
+use sotto_core::storage::{MemoryStorage, SottoProvider};
 use sotto_core::{
     Content, Conversation, ConversationConfig, ConversationError, Envelope, IdentityKeyPair,
     Incoming, LocalDevice, MemoryTrustStore, OutgoingCommit, ReceivedMessage, UserKeyPackages,
@@ -13,7 +13,7 @@ use sotto_core::{
 };
 use sotto_proto::{ConversationId, DeviceId, DeviceList, MessageId, Username};
 
-pub type Provider = OpenMlsRustCrypto;
+pub type Provider = SottoProvider<MemoryStorage>;
 
 pub struct Dev {
     pub provider: Provider,
