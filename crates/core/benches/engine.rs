@@ -3,7 +3,8 @@
 //! Each benchmark runs once per provider stack, so the figures compare directly:
 //! - `stock`: `openmls_rust_crypto::OpenMlsRustCrypto` (RustCrypto + OpenMLS's JSON
 //!   memory storage), the baseline;
-//! - `rustcrypto-cbor`: RustCrypto with Sotto's `KvStorage` (CBOR) in memory;
+//! - `rustcrypto-json`: RustCrypto with Sotto's `KvStorage` using the JSON codec;
+//! - `rustcrypto-cbor`: RustCrypto with Sotto's `KvStorage` (CBOR, the default) in memory;
 //! - `libcrux-cbor`: libcrux crypto with Sotto's `KvStorage` (CBOR) in memory.
 //!
 //! All use Sotto's own `DeviceSigner` (a signer that keeps its key).
@@ -15,7 +16,7 @@ use std::time::Duration;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use openmls_traits::OpenMlsProvider;
 use sotto_core::content::Text;
-use sotto_core::storage::{MemoryStorage, SottoProvider};
+use sotto_core::storage::{JsonCodec, KvStorage, MemoryBackend, MemoryStorage, SottoProvider};
 use sotto_core::{
     ClaimedKeyPackage, Content, Conversation, ConversationConfig, Envelope, IdentityKeyPair,
     Incoming, LocalDevice, MemoryTrustStore, generate_key_packages,
@@ -231,6 +232,10 @@ fn rustcrypto_cbor() -> SottoProvider<MemoryStorage> {
     SottoProvider::new(MemoryStorage::default())
 }
 
+fn rustcrypto_json() -> SottoProvider<KvStorage<MemoryBackend, JsonCodec>> {
+    SottoProvider::new(KvStorage::default())
+}
+
 fn libcrux_cbor() -> SottoProvider<MemoryStorage, openmls_libcrux_crypto::CryptoProvider> {
     SottoProvider::with_crypto(
         openmls_libcrux_crypto::CryptoProvider::new().unwrap(),
@@ -241,12 +246,14 @@ fn libcrux_cbor() -> SottoProvider<MemoryStorage, openmls_libcrux_crypto::Crypto
 fn all(c: &mut Criterion) {
     messages(c, "stock", stock);
     messages(c, "rustcrypto-cbor", rustcrypto_cbor);
+    messages(c, "rustcrypto-json", rustcrypto_json);
     messages(c, "libcrux-cbor", libcrux_cbor);
     adds(c, "stock", stock);
     adds(c, "rustcrypto-cbor", rustcrypto_cbor);
     adds(c, "libcrux-cbor", libcrux_cbor);
     updates(c, "stock", stock);
     updates(c, "rustcrypto-cbor", rustcrypto_cbor);
+    updates(c, "rustcrypto-json", rustcrypto_json);
     updates(c, "libcrux-cbor", libcrux_cbor);
 }
 

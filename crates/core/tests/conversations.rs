@@ -197,3 +197,114 @@ fn a_welcome_for_a_conversation_the_device_is_in_is_refused() {
     );
     w.send(alice, conv, "still fine");
 }
+
+#[test]
+fn safety_numbers_agree_on_both_sides_and_on_every_device() {
+    use sotto_core::{SafetyNumber, TrustStore};
+    let mut w = World::new();
+    let a = w.register("alice", 2);
+    let bob = w.register("bob", 1)[0];
+    let conv = w.create(a[0]);
+    // alice's first device adds bob and her own second device; bob and the second
+    // device learn (and pin) the others' identity keys from the Welcome.
+    w.add_users(a[0], conv, &["bob"]);
+    let kp = w.key_packages("alice").key_packages[1].clone();
+    let dev = w.devs.get_mut(&a[0]).unwrap();
+    let out = dev
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .add_devices(
+            &dev.provider,
+            &dev.local,
+            &mut dev.trust,
+            &[sotto_core::ClaimedKeyPackage {
+                username: name("alice"),
+                bytes: kp,
+            }],
+        )
+        .unwrap();
+    w.deliver_commit(a[0], conv, out);
+
+    let number = |dev: sotto_proto::DeviceId, me: &str, them: &str| {
+        let t = &w.devs[&dev].trust;
+        SafetyNumber::new(
+            &t.pinned_identity(&name(me)).unwrap(),
+            &t.pinned_identity(&name(them)).unwrap(),
+        )
+    };
+    let from_alice_1 = number(a[0], "alice", "bob");
+    let from_alice_2 = number(a[1], "alice", "bob");
+    let from_bob = number(bob, "bob", "alice");
+    assert_eq!(from_alice_1, from_alice_2);
+    assert_eq!(from_alice_1, from_bob);
+    assert!(from_bob.matches_digits(&from_alice_2.grouped()));
+    assert!(from_bob.matches_scanned(&from_alice_1.scannable()));
+}
+
+#[test]
+fn key_package_batches_hold_one_time_and_last_resort_packages() {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::{KeyPackageIn, ProtocolVersion};
+    use openmls_traits::OpenMlsProvider;
+    let mut w = World::new();
+    let d = w.register("alice", 1)[0];
+    let dev = &w.devs[&d];
+    let batch = sotto_core::generate_key_packages(&dev.provider, &dev.local, &w.config, 5).unwrap();
+    assert_eq!(batch.one_time.len(), 5);
+    let mut all = batch.one_time.clone();
+    all.push(batch.last_resort.clone());
+    for (i, bytes) in all.iter().enumerate() {
+        let kp = KeyPackageIn::tls_deserialize_exact(bytes.as_slice())
+            .unwrap()
+            .validate(dev.provider.crypto(), ProtocolVersion::Mls10)
+            .unwrap();
+        assert_eq!(kp.last_resort(), i == 5, "package {i}");
+        let cert = sotto_proto::DeviceCertificate::from_bytes(
+            openmls::prelude::BasicCredential::try_from(kp.leaf_node().credential().clone())
+                .unwrap()
+                .identity(),
+        )
+        .unwrap();
+        assert_eq!(cert.device_id(), d);
+        assert_eq!(kp.leaf_node().signature_key().as_slice(), cert.device_key());
+    }
+    assert_eq!(
+        all.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        6,
+        "all distinct"
+    );
+}
+
+#[test]
+fn an_unsupported_cipher_suite_is_refused_clearly() {
+    let mut w = World::new();
+    let d = w.register("alice", 1)[0];
+    let config = sotto_core::ConversationConfig {
+        ciphersuite: openmls::prelude::Ciphersuite::MLS_128_DHKEMP256_AES128GCM_SHA256_P256,
+        ..Default::default()
+    };
+    let dev = &w.devs[&d];
+    let err = sotto_core::Conversation::create(
+        &dev.provider,
+        &dev.local,
+        sotto_proto::ConversationId::from_bytes([1; 16]),
+        &config,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("Ed25519"), "{err}");
+}
+
+#[test]
+fn the_chacha_suite_works_too() {
+    let mut w = World::new();
+    w.config.ciphersuite =
+        openmls::prelude::Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519;
+    let alice = w.register("alice", 1)[0];
+    let bob = w.register("bob", 1)[0];
+    let conv = w.create(alice);
+    w.add_users(alice, conv, &["bob"]);
+    w.send(alice, conv, "chacha");
+    w.send(bob, conv, "poly");
+    w.assert_agree(conv);
+}
