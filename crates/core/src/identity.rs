@@ -28,36 +28,56 @@ pub(crate) fn random_array<const N: usize>(
     rng.random_array::<N>().map_err(|_| RandomnessError)
 }
 
+/// An Ed25519 secret key: generated from the provider's RNG, saved as its 32 secret
+/// bytes. Shared by the account identity key and device keys, which stay distinct types.
+struct Ed25519Secret(SigningKey);
+
+impl Ed25519Secret {
+    fn generate(rng: &impl OpenMlsRand) -> Result<Self, RandomnessError> {
+        let seed = Zeroizing::new(random_array::<32>(rng)?);
+        Ok(Self(SigningKey::from_bytes(&seed)))
+    }
+    fn from_bytes(bytes: &[u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(bytes))
+    }
+    fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+    fn public(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).to_bytes()
+    }
+}
+
 /// An account's identity key pair. Signs device certificates and device lists only.
 pub struct IdentityKeyPair {
-    key: SigningKey,
+    key: Ed25519Secret,
 }
 
 impl IdentityKeyPair {
     /// A new key from the provider's randomness (at registration).
     pub fn generate(rng: &impl OpenMlsRand) -> Result<Self, RandomnessError> {
-        let seed = Zeroizing::new(random_array::<32>(rng)?);
-        Ok(Self {
-            key: SigningKey::from_bytes(&seed),
-        })
+        Ed25519Secret::generate(rng).map(|key| Self { key })
     }
 
     /// Restores a key from its 32 secret bytes (as saved by [`Self::to_secret_bytes`]).
     pub fn from_secret_bytes(bytes: &[u8; 32]) -> Self {
         Self {
-            key: SigningKey::from_bytes(bytes),
+            key: Ed25519Secret::from_bytes(bytes),
         }
     }
 
     /// The secret bytes, for the client's encrypted store or for sending to a newly
     /// linked device over the link channel. Wiped when the returned value is dropped.
     pub fn to_secret_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.key.to_bytes())
+        self.key.to_bytes()
     }
 
     /// The public half.
     pub fn public(&self) -> IdentityPublicKey {
-        IdentityPublicKey::from_bytes(self.key.verifying_key().to_bytes())
+        IdentityPublicKey::from_bytes(self.key.public())
     }
 
     /// Certifies a device's MLS signature key for this account.
@@ -75,7 +95,7 @@ impl IdentityKeyPair {
             identity_key: self.public(),
             created_at,
         };
-        let signature = self.key.sign(&fields.to_be_signed()).to_bytes();
+        let signature = self.key.sign(&fields.to_be_signed());
         DeviceCertificate::from_parts(fields, signature)
     }
 
@@ -92,7 +112,7 @@ impl IdentityKeyPair {
             version,
             devices,
         };
-        let signature = self.key.sign(&fields.to_be_signed()).to_bytes();
+        let signature = self.key.sign(&fields.to_be_signed());
         DeviceList::from_parts(fields, signature)
     }
 }
@@ -111,39 +131,36 @@ impl fmt::Debug for IdentityKeyPair {
 /// key, which avoids rebuilding the key on every signature as
 /// `openmls_basic_credential` does (about 19 µs per message on our machines).
 pub struct DeviceSigner {
-    key: SigningKey,
+    key: Ed25519Secret,
 }
 
 impl DeviceSigner {
     /// A new device key from the provider's randomness.
     pub fn generate(rng: &impl OpenMlsRand) -> Result<Self, RandomnessError> {
-        let seed = Zeroizing::new(random_array::<32>(rng)?);
-        Ok(Self {
-            key: SigningKey::from_bytes(&seed),
-        })
+        Ed25519Secret::generate(rng).map(|key| Self { key })
     }
 
     /// Restores a key from its secret bytes.
     pub fn from_secret_bytes(bytes: &[u8; 32]) -> Self {
         Self {
-            key: SigningKey::from_bytes(bytes),
+            key: Ed25519Secret::from_bytes(bytes),
         }
     }
 
     /// The secret bytes, for the client's store. Wiped when dropped.
     pub fn to_secret_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.key.to_bytes())
+        self.key.to_bytes()
     }
 
     /// The public key that goes into the certificate and the MLS leaf.
     pub fn public_key(&self) -> [u8; 32] {
-        self.key.verifying_key().to_bytes()
+        self.key.public()
     }
 }
 
 impl Signer for DeviceSigner {
     fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
-        Ok(self.key.sign(payload).to_bytes().to_vec())
+        Ok(self.key.sign(payload).to_vec())
     }
 
     fn signature_scheme(&self) -> SignatureScheme {
