@@ -1,0 +1,351 @@
+//! SQLite implementation of Sotto's server [`Store`]: the embedded default.
+//!
+//! - WAL journal, `synchronous=FULL`, foreign keys on, a busy timeout; the schema is
+//!   created and migrated at open (`PRAGMA user_version` counts applied steps).
+//! - Writes go to one writer thread that group-commits (see [`writer`]): a write is
+//!   acknowledged only after the COMMIT that made it durable, and concurrent writers
+//!   share one fsync.
+//! - Reads run on a small pool of read connections on the blocking thread pool (WAL
+//!   lets them proceed while the writer writes).
+//! - A body is stored once in `bodies`; mailbox rows point at it and it is deleted when
+//!   the last row referring to it goes. Each device has a `next_seq` counter, so
+//!   sequence numbers are never reused.
+
+mod ops;
+mod schema;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use sotto_proto::{ConversationId, DeviceId, Username};
+use sotto_server_store::{
+    Accepted, Account, CommitSubmission, DeviceStatus, ExpiredCounts, Group, MailboxEntry,
+    MessageSubmission, NewAccount, NewDevice, SlotId, Store, StoreError, StoreStats, day_of,
+};
+use tokio::sync::oneshot;
+
+pub use writer::{BATCH_BUCKET_BOUNDS, BatchStats, MAX_BATCH};
+use writer::{Job, WriteJob};
+
+/// How long a connection waits for a lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 4;
+
+/// Turns a rusqlite error into [`StoreError::Backend`]. SQLite's messages name tables,
+/// columns and constraints, never the bound values, so no ciphertext or token leaks.
+pub(crate) trait OrBackend<T> {
+    fn or_backend(self) -> Result<T, StoreError>;
+}
+
+impl<T> OrBackend<T> for rusqlite::Result<T> {
+    fn or_backend(self) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Backend(format!("sqlite: {e}")))
+    }
+}
+
+/// A [`Store`] in one SQLite database file.
+pub struct SqliteStore {
+    writer: Option<mpsc::Sender<Box<dyn WriteJob>>>,
+    writer_thread: Option<JoinHandle<()>>,
+    readers: Arc<ReaderPool>,
+    batch_stats: Arc<Mutex<BatchStats>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.readers.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, migrates its schema and starts
+    /// the writer thread.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .or_backend()?;
+        configure(&conn)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .or_backend()?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "the database refused WAL mode (journal mode is {mode})"
+            )));
+        }
+        schema::migrate(&mut conn)?;
+
+        let batch_stats = Arc::new(Mutex::new(BatchStats::default()));
+        let (sender, queue) = mpsc::channel::<Box<dyn WriteJob>>();
+        let stats = Arc::clone(&batch_stats);
+        let writer_thread = std::thread::Builder::new()
+            .name("sotto-store-writer".into())
+            .spawn(move || writer::run(conn, queue, stats))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            writer: Some(sender),
+            writer_thread: Some(writer_thread),
+            readers: Arc::new(ReaderPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+            batch_stats,
+        })
+    }
+
+    /// The writer's batch counters so far.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batch_stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// Runs `work` on the writer thread inside the next group commit; resolves after
+    /// the COMMIT.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn WriteJob> = Box::new(Job::new(work, reply));
+        self.writer
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(job)
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// Runs `work` in a read transaction on a pooled read connection.
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = (|| {
+                let tx = conn.unchecked_transaction().or_backend()?;
+                let value = work(&tx)?;
+                tx.commit().or_backend()?;
+                Ok(value)
+            })();
+            pool.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit.
+        self.writer = None;
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Backend("the store's writer thread has stopped".into())
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).or_backend()?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .or_backend()?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .or_backend()?;
+    Ok(())
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn take(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .or_backend()?;
+        configure(&conn)?;
+        conn.pragma_update(None, "query_only", "ON").or_backend()?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_READERS
+        {
+            idle.push(conn);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(&self, account: NewAccount, now: u64) -> Result<(), StoreError> {
+        self.write(move |c| ops::create_account(c, &account, now))
+            .await
+    }
+
+    async fn account(&self, username: &Username) -> Result<Option<Account>, StoreError> {
+        let username = username.clone();
+        self.read(move |c| ops::account(c, &username)).await
+    }
+
+    async fn device_by_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: u64,
+    ) -> Result<Option<(Username, DeviceId)>, StoreError> {
+        let hash = *token_hash;
+        let found = self.read(move |c| ops::device_by_token(c, &hash)).await?;
+        let Some((username, device, last_seen_day)) = found else {
+            return Ok(None);
+        };
+        let today = day_of(now);
+        if last_seen_day < today {
+            let name = username.clone();
+            self.write(move |c| ops::touch_last_seen(c, &name, today))
+                .await?;
+        }
+        Ok(Some((username, device)))
+    }
+
+    async fn publish_device_list(
+        &self,
+        username: &Username,
+        list_bytes: Vec<u8>,
+        version: u64,
+        new_device: Option<NewDevice>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let username = username.clone();
+        self.write(move |c| {
+            ops::publish_device_list(c, &username, &list_bytes, version, new_device.as_ref(), now)
+        })
+        .await
+    }
+
+    async fn remove_device(&self, username: &Username, device: DeviceId) -> Result<(), StoreError> {
+        let username = username.clone();
+        self.write(move |c| ops::remove_device(c, &username, device))
+            .await
+    }
+
+    async fn upload_key_packages(
+        &self,
+        device: DeviceId,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| ops::upload_key_packages(c, device, &one_time, last_resort.as_deref()))
+            .await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        username: &Username,
+    ) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError> {
+        let username = username.clone();
+        self.write(move |c| ops::claim_key_packages(c, &username))
+            .await
+    }
+
+    async fn device_status(&self, device: DeviceId) -> Result<DeviceStatus, StoreError> {
+        self.read(move |c| ops::device_status(c, device)).await
+    }
+
+    async fn create_group(
+        &self,
+        group: ConversationId,
+        creator: DeviceId,
+        members: Vec<DeviceId>,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| ops::create_group(c, group, creator, &members))
+            .await
+    }
+
+    async fn group(&self, group: ConversationId) -> Result<Option<Group>, StoreError> {
+        self.read(move |c| ops::group(c, group)).await
+    }
+
+    async fn submit_commit(
+        &self,
+        commit: CommitSubmission,
+        now: u64,
+    ) -> Result<Accepted, StoreError> {
+        self.write(move |c| ops::submit_commit(c, commit, now))
+            .await
+    }
+
+    async fn submit_message(
+        &self,
+        message: MessageSubmission,
+        now: u64,
+    ) -> Result<Accepted, StoreError> {
+        self.write(move |c| ops::submit_message(c, message, now))
+            .await
+    }
+
+    async fn fetch(
+        &self,
+        device: DeviceId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<MailboxEntry>, StoreError> {
+        self.read(move |c| ops::fetch(c, device, after_seq, limit))
+            .await
+    }
+
+    async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
+        self.write(move |c| ops::ack(c, device, up_to_seq)).await
+    }
+
+    async fn expire(&self, now: u64, retention_secs: u64) -> Result<ExpiredCounts, StoreError> {
+        self.write(move |c| ops::expire(c, now, retention_secs))
+            .await
+    }
+
+    async fn put_link_slot(
+        &self,
+        slot: SlotId,
+        payload: Vec<u8>,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| ops::put_link_slot(c, &slot, &payload, expires_at))
+            .await
+    }
+
+    async fn take_link_slot(&self, slot: SlotId, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.write(move |c| ops::take_link_slot(c, &slot, now))
+            .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(ops::stats).await
+    }
+}

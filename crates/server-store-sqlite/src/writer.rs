@@ -1,0 +1,171 @@
+//! The group-committing writer: one thread owns the write connection, takes every
+//! request already queued (up to [`MAX_BATCH`]), runs each in its own SAVEPOINT inside
+//! one transaction, commits once (one fsync with `synchronous=FULL`), then replies.
+//! A request's own error (say `StaleEpoch`) rolls back only its savepoint.
+
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use sotto_server_store::StoreError;
+use tokio::sync::oneshot;
+
+use crate::OrBackend;
+
+/// Most requests committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+/// Upper bounds (inclusive) of the batch-size histogram buckets.
+pub const BATCH_BUCKET_BOUNDS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+
+/// Counters of the writer's batches, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchStats {
+    /// Transactions committed or attempted.
+    pub batches: u64,
+    /// Write requests processed.
+    pub writes: u64,
+    /// The largest batch seen.
+    pub largest: u64,
+    /// Batches whose size was at most the matching [`BATCH_BUCKET_BOUNDS`] entry (and
+    /// above the previous one).
+    pub size_buckets: [u64; 10],
+    /// Batches whose COMMIT failed (every request in them got an error).
+    pub failed_commits: u64,
+}
+
+impl BatchStats {
+    fn record(&mut self, size: usize, committed: bool) {
+        let size = size as u64;
+        self.batches += 1;
+        self.writes += size;
+        self.largest = self.largest.max(size);
+        let bucket = BATCH_BUCKET_BOUNDS
+            .iter()
+            .position(|bound| size <= *bound)
+            .unwrap_or(BATCH_BUCKET_BOUNDS.len() - 1);
+        if let Some(count) = self.size_buckets.get_mut(bucket) {
+            *count += 1;
+        }
+        if !committed {
+            self.failed_commits += 1;
+        }
+    }
+}
+
+/// One queued write.
+pub(crate) trait WriteJob: Send {
+    /// Runs the work inside a savepoint. `false` means the savepoint itself could not
+    /// be managed, so the whole transaction must be abandoned.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Sends the reply once the transaction's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+pub(crate) struct Job<T, F> {
+    work: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job<T, F> {
+    pub(crate) fn new(work: F, reply: oneshot::Sender<Result<T, StoreError>>) -> Self {
+        Self {
+            work: Some(work),
+            result: None,
+            reply,
+        }
+    }
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return true;
+        };
+        if let Err(e) = conn.execute_batch("SAVEPOINT job").or_backend() {
+            self.result = Some(Err(e));
+            return false;
+        }
+        match work(conn) {
+            Ok(value) => match conn.execute_batch("RELEASE job").or_backend() {
+                Ok(()) => {
+                    self.result = Some(Ok(value));
+                    true
+                }
+                Err(e) => {
+                    self.result = Some(Err(e));
+                    false
+                }
+            },
+            Err(refused) => {
+                let undone = conn
+                    .execute_batch("ROLLBACK TO job; RELEASE job")
+                    .or_backend();
+                self.result = Some(Err(refused));
+                undone.is_ok()
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let result = match committed {
+            Ok(()) => self.result.unwrap_or_else(|| {
+                Err(StoreError::Backend(
+                    "write request was not run in its batch".into(),
+                ))
+            }),
+            Err(e) => Err(e),
+        };
+        // The requester may have gone away (its future dropped); nothing to do then.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The writer thread's loop; returns when every sender is gone.
+pub(crate) fn run(
+    conn: Connection,
+    queue: Receiver<Box<dyn WriteJob>>,
+    stats: Arc<Mutex<BatchStats>>,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let committed = commit_batch(&conn, &mut batch);
+        if let Ok(mut s) = stats.lock() {
+            s.record(batch.len(), committed.is_ok());
+        }
+        for job in batch {
+            job.finish(committed.clone());
+        }
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").or_backend()?;
+    for job in batch.iter_mut() {
+        if !job.run(conn) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(StoreError::Backend(
+                "a savepoint failed; the batch was rolled back".into(),
+            ));
+        }
+    }
+    match conn.execute_batch("COMMIT").or_backend() {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
