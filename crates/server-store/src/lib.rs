@@ -414,6 +414,9 @@ pub trait Store: Send + Sync + 'static {
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 }
 
+// The server holds the store as `Arc<dyn Store>`; keep the trait dyn-compatible.
+const _: Option<&dyn Store> = None;
+
 /// The last-seen day for a Unix time.
 pub const fn day_of(now: u64) -> u64 {
     now / 86_400
