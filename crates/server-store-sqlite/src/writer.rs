@@ -154,10 +154,13 @@ pub(crate) fn run(
 fn commit_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE").or_backend()?;
     for job in batch.iter_mut() {
-        if !job.run(conn) {
+        // A panicking request (a bug) must not take the writer thread, and with it every
+        // later write, down: abandon this batch and keep serving.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn)));
+        if !matches!(ran, Ok(true)) {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(StoreError::Backend(
-                "a savepoint failed; the batch was rolled back".into(),
+                "a write in this batch failed unexpectedly; the batch was rolled back".into(),
             ));
         }
     }
@@ -167,5 +170,25 @@ fn commit_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<()
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_sizes_land_in_their_buckets() {
+        let mut stats = BatchStats::default();
+        for size in [1, 2, 3, 4, 5, 512, 600] {
+            stats.record(size, true);
+        }
+        stats.record(7, false);
+        assert_eq!(stats.batches, 8);
+        assert_eq!(stats.writes, 1 + 2 + 3 + 4 + 5 + 512 + 600 + 7);
+        assert_eq!(stats.largest, 600);
+        assert_eq!(stats.failed_commits, 1);
+        // 1 | 2 | 3,4 | 5,7 | ... | 512,600 (the last bucket takes the overflow)
+        assert_eq!(stats.size_buckets, [1, 1, 2, 2, 0, 0, 0, 0, 0, 2]);
     }
 }
