@@ -1,0 +1,298 @@
+//! Sotto's delivery service as a library: the HTTP + WebSocket API over the
+//! [`Store`](sotto_server_store::Store) and [`Fanout`] traits.
+//!
+//! The server is a directory (accounts, device lists, KeyPackages) and a delivery
+//! service (one commit per group epoch, per-device mailboxes, push). It stores and
+//! orders MLS ciphertext and never sees plaintext or keys. The binary
+//! (`apps/sotto-server`) builds an [`AppState`], calls [`run`] and spawns
+//! [`expire_loop`]; tests call [`app`] directly or [`run`] on port 0.
+//!
+//! The wire protocol is described in `docs/protocol.md`.
+
+mod error;
+mod extract;
+mod fanout;
+mod routes;
+mod ws;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use sotto_proto::DeviceId;
+use sotto_server_store::Store;
+use tokio::sync::{oneshot, watch};
+
+pub use error::ApiError;
+pub use fanout::{Fanout, FanoutSubscription, InProcessFanout};
+
+/// Tunables of the delivery service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// How long undelivered mailbox entries are kept (seconds; default 30 days).
+    pub retention_secs: u64,
+    /// Largest JSON request body (bytes; default 1 MiB).
+    pub max_body_bytes: usize,
+    /// How long a device-link slot lives (seconds; default 600).
+    pub link_slot_ttl_secs: u64,
+    /// Largest device-link payload (bytes; default 64 KiB).
+    pub max_link_payload: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            retention_secs: 30 * 86_400,
+            max_body_bytes: 1024 * 1024,
+            link_slot_ttl_secs: 600,
+            max_link_payload: 64 * 1024,
+        }
+    }
+}
+
+/// The time source (Unix seconds), injected so tests control it.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in Unix seconds.
+    fn now(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// A clock that only moves when told to (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock reading `now`.
+    pub fn new(now: u64) -> Self {
+        Self(AtomicU64::new(now))
+    }
+    /// Sets the time.
+    pub fn set(&self, now: u64) {
+        self.0.store(now, Ordering::SeqCst);
+    }
+    /// Moves the time forward.
+    pub fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    fanout: Arc<dyn Fanout>,
+    clock: Arc<dyn Clock>,
+    config: ServerConfig,
+    /// The live WebSocket of each device on this node: (connection number, kick).
+    sockets: Mutex<HashMap<DeviceId, (u64, oneshot::Sender<()>)>>,
+    next_socket: AtomicU64,
+    /// Becomes `true` when the server shuts down; WebSockets then close with 1001.
+    shutdown: watch::Sender<bool>,
+    /// How many WebSocket tasks are running.
+    live_sockets: watch::Sender<usize>,
+}
+
+impl AppState {
+    /// Builds the state from its providers.
+    pub fn new(
+        store: Arc<dyn Store>,
+        fanout: Arc<dyn Fanout>,
+        clock: Arc<dyn Clock>,
+        config: ServerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                fanout,
+                clock,
+                config,
+                sockets: Mutex::new(HashMap::new()),
+                next_socket: AtomicU64::new(1),
+                shutdown: watch::Sender::new(false),
+                live_sockets: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+    /// The fan-out.
+    pub fn fanout(&self) -> &Arc<dyn Fanout> {
+        &self.inner.fanout
+    }
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// Tells background tasks and WebSockets that the server is shutting down.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    /// Waits (at most `limit`) until every WebSocket task has ended.
+    async fn sockets_closed(&self, limit: Duration) {
+        let mut rx = self.inner.live_sockets.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+    }
+
+    /// Registers a WebSocket for `device`, kicking out the previous one on this node.
+    fn register_socket(&self, device: DeviceId) -> SocketGuard {
+        let id = self.inner.next_socket.fetch_add(1, Ordering::Relaxed);
+        let (kick_tx, kick_rx) = oneshot::channel();
+        if let Ok(mut sockets) = self.inner.sockets.lock()
+            && let Some((_, old)) = sockets.insert(device, (id, kick_tx))
+        {
+            let _ = old.send(());
+        }
+        self.inner.live_sockets.send_modify(|n| *n += 1);
+        SocketGuard {
+            state: self.clone(),
+            device,
+            id,
+            kicked: Some(kick_rx),
+        }
+    }
+}
+
+/// Keeps a WebSocket registered; unregisters it when dropped.
+struct SocketGuard {
+    state: AppState,
+    device: DeviceId,
+    id: u64,
+    kicked: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Ok(mut sockets) = self.state.inner.sockets.lock()
+            && sockets
+                .get(&self.device)
+                .is_some_and(|(id, _)| *id == self.id)
+        {
+            sockets.remove(&self.device);
+        }
+        self.state
+            .inner
+            .live_sockets
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// The HTTP API as a router (no listener): tests drive it with `oneshot`.
+pub fn app(state: AppState) -> Router {
+    let link_limit = state.config().max_link_payload;
+    let body_limit = state.config().max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/accounts", post(routes::accounts::register))
+        .route("/v1/accounts/{username}", get(routes::accounts::lookup))
+        .route("/v1/devices", put(routes::accounts::publish_devices))
+        .route(
+            "/v1/key-packages",
+            post(routes::key_packages::upload).get(routes::key_packages::status),
+        )
+        .route("/v1/key-packages/claim", post(routes::key_packages::claim))
+        .route("/v1/groups", post(routes::groups::create))
+        .route("/v1/groups/{id}", get(routes::groups::show))
+        .route("/v1/groups/{id}/commits", post(routes::groups::commit))
+        .route("/v1/groups/{id}/messages", post(routes::groups::message))
+        .route("/v1/mailbox", get(routes::mailbox::fetch))
+        .route("/v1/mailbox/ack", post(routes::mailbox::ack))
+        .route(
+            "/v1/link/{slot}",
+            put(routes::link::put_slot)
+                .get(routes::link::take_slot)
+                .layer(DefaultBodyLimit::max(link_limit)),
+        )
+        .route("/v1/ws", get(ws::upgrade))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting,
+/// finishes in-flight requests and closes WebSockets with code 1001.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let signal_state = state.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, closing WebSockets");
+        signal_state.begin_shutdown();
+    };
+    axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(signal)
+        .await?;
+    state.sockets_closed(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// Deletes expired mailbox entries, bodies, idempotency records and link slots every
+/// `every`, until the server shuts down.
+pub async fn expire_loop(state: AppState, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = state.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.wait_for(|down| *down) => return,
+        }
+        let now = state.clock().now();
+        match state
+            .store()
+            .expire(now, state.config().retention_secs)
+            .await
+        {
+            Ok(counts) => tracing::debug!(
+                entries = counts.entries,
+                bodies = counts.bodies,
+                link_slots = counts.link_slots,
+                idempotency_records = counts.idempotency_records,
+                "expired old data"
+            ),
+            Err(e) => tracing::error!(error = %e, "expiry failed"),
+        }
+    }
+}

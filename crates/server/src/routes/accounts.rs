@@ -1,0 +1,220 @@
+//! Registration, directory look-up and device-list publication.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use sotto_proto::{CertError, DeviceId, DeviceList, IdentityPublicKey, Username};
+use sotto_server_store::{NewAccount, NewDevice, StoreError};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, Authed, B64, new_token};
+
+/// `POST /v1/accounts` body.
+#[derive(Deserialize)]
+pub struct RegisterRequest {
+    username: Username,
+    device_list: DeviceList,
+}
+
+/// `POST /v1/accounts` answer.
+#[derive(Serialize)]
+pub struct RegisterResponse {
+    username: Username,
+    device_id: DeviceId,
+    token: String,
+}
+
+fn cert_error(e: CertError) -> ApiError {
+    match e {
+        CertError::BadSignature { .. } => ApiError::Forbidden(
+            "the device list is not signed by the account's identity key".into(),
+        ),
+        other => ApiError::bad_request(format!("invalid device list: {other}")),
+    }
+}
+
+/// Registers an account with its first device and returns that device's token.
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let list = req.device_list;
+    list.verify().map_err(cert_error)?;
+    if list.username() != &req.username {
+        return Err(ApiError::bad_request(
+            "the device list belongs to another username",
+        ));
+    }
+    let [cert] = list.devices() else {
+        return Err(ApiError::bad_request(
+            "a new account's device list must hold exactly one device",
+        ));
+    };
+    if list.version() < 1 {
+        return Err(ApiError::bad_request(
+            "the device list version must be at least 1",
+        ));
+    }
+    let (token, token_hash) = new_token()?;
+    let device_id = cert.device_id();
+    let account = NewAccount {
+        username: req.username.clone(),
+        identity_key: *list.identity_key(),
+        device_list_bytes: list.to_bytes(),
+        list_version: list.version(),
+        first_device: NewDevice {
+            device_id,
+            token_hash,
+            certificate_bytes: cert.to_bytes(),
+        },
+    };
+    state
+        .store()
+        .create_account(account, state.clock().now())
+        .await?;
+    tracing::debug!(device = %device_id, "account registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            username: req.username,
+            device_id,
+            token,
+        }),
+    ))
+}
+
+/// `GET /v1/accounts/{username}` answer.
+#[derive(Serialize)]
+pub struct AccountResponse {
+    username: Username,
+    identity_key: IdentityPublicKey,
+    device_list: B64,
+}
+
+/// The directory entry of an account: its identity key and signed device list.
+pub async fn lookup(
+    State(state): State<AppState>,
+    _caller: Authed,
+    ApiPath(username): ApiPath<Username>,
+) -> Result<Json<AccountResponse>, ApiError> {
+    let account = state
+        .store()
+        .account(&username)
+        .await?
+        .ok_or(ApiError::UnknownUser)?;
+    Ok(Json(AccountResponse {
+        username: account.username,
+        identity_key: account.identity_key,
+        device_list: B64(account.device_list_bytes),
+    }))
+}
+
+/// `PUT /v1/devices` body.
+#[derive(Deserialize)]
+pub struct PublishRequest {
+    device_list: DeviceList,
+}
+
+/// `PUT /v1/devices` answer.
+#[derive(Serialize)]
+pub struct PublishResponse {
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_device_id: Option<DeviceId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_device_token: Option<String>,
+    removed: Vec<DeviceId>,
+}
+
+/// Publishes a new signed device list: registers at most one new device (returning its
+/// token) and removes registered devices the list no longer names.
+pub async fn publish_devices(
+    State(state): State<AppState>,
+    caller: Authed,
+    ApiJson(req): ApiJson<PublishRequest>,
+) -> Result<Json<PublishResponse>, ApiError> {
+    let list = req.device_list;
+    let account = state
+        .store()
+        .account(&caller.username)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if list.identity_key() != &account.identity_key {
+        return Err(ApiError::Forbidden(
+            "the device list names another identity key than the account's".into(),
+        ));
+    }
+    if list.username() != &caller.username {
+        return Err(ApiError::bad_request(
+            "the device list belongs to another username",
+        ));
+    }
+    list.verify().map_err(cert_error)?;
+    if list.version() <= account.list_version {
+        return Err(ApiError::VersionNotIncreasing {
+            current: account.list_version,
+        });
+    }
+    let registered: BTreeSet<DeviceId> = account.devices.iter().map(|d| d.device_id).collect();
+    let listed: BTreeSet<DeviceId> = list.devices().iter().map(|c| c.device_id()).collect();
+    let new: Vec<DeviceId> = listed.difference(&registered).copied().collect();
+    let removed: Vec<DeviceId> = registered.difference(&listed).copied().collect();
+    if new.len() > 1 {
+        return Err(ApiError::bad_request(
+            "a device list may add at most one device at a time",
+        ));
+    }
+    if listed.is_empty() {
+        return Err(ApiError::bad_request(
+            "a device list must keep at least one device",
+        ));
+    }
+    let mut new_device = None;
+    let mut new_token_text = None;
+    if let Some(id) = new.first().copied() {
+        let cert = list
+            .device(id)
+            .ok_or_else(|| ApiError::Internal("listed device without certificate".into()))?;
+        let (token, token_hash) = new_token()?;
+        new_device = Some(NewDevice {
+            device_id: id,
+            token_hash,
+            certificate_bytes: cert.to_bytes(),
+        });
+        new_token_text = Some(token);
+    }
+    state
+        .store()
+        .publish_device_list(
+            &caller.username,
+            list.to_bytes(),
+            list.version(),
+            new_device,
+            state.clock().now(),
+        )
+        .await?;
+    for id in &removed {
+        match state.store().remove_device(&caller.username, *id).await {
+            Ok(()) | Err(StoreError::UnknownDevice) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Wake its WebSocket so it notices it is gone.
+        state.fanout().notify(*id).await;
+    }
+    tracing::debug!(
+        added = new.len(),
+        removed = removed.len(),
+        "device list published"
+    );
+    Ok(Json(PublishResponse {
+        version: list.version(),
+        new_device_id: new.first().copied(),
+        new_device_token: new_token_text,
+        removed,
+    }))
+}

@@ -1,0 +1,224 @@
+//! Groups: creation, membership view, commit ordering and message delivery.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use sotto_proto::framing::{ContentType, MlsFraming, WireFormat, parse_group_message, wire_format};
+use sotto_proto::{ConversationId, DeviceId, MessageId};
+use sotto_server_store::{Accepted, CommitSubmission, MessageSubmission};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, Authed, B64};
+
+/// `POST /v1/groups` body.
+#[derive(Deserialize)]
+pub struct CreateRequest {
+    group_id: ConversationId,
+}
+
+/// `POST /v1/groups` answer.
+#[derive(Serialize)]
+pub struct CreateResponse {
+    group_id: ConversationId,
+    epoch: u64,
+}
+
+/// Creates a group whose only member is the caller's device, at epoch 0.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Authed,
+    ApiJson(req): ApiJson<CreateRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    state
+        .store()
+        .create_group(req.group_id, caller.device, Vec::new())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateResponse {
+            group_id: req.group_id,
+            epoch: 0,
+        }),
+    ))
+}
+
+/// `GET /v1/groups/{id}` answer.
+#[derive(Serialize)]
+pub struct GroupResponse {
+    epoch: u64,
+    members: Vec<DeviceId>,
+}
+
+/// The group's epoch and member devices (members only).
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Authed,
+    ApiPath(id): ApiPath<ConversationId>,
+) -> Result<Json<GroupResponse>, ApiError> {
+    let group = state
+        .store()
+        .group(id)
+        .await?
+        .ok_or(ApiError::UnknownGroup)?;
+    if !group.members.contains(&caller.device) {
+        return Err(ApiError::NotAMember);
+    }
+    Ok(Json(GroupResponse {
+        epoch: group.epoch,
+        members: group.members,
+    }))
+}
+
+/// Reads the framing of a group message and checks it belongs to `group`.
+fn framing_for(bytes: &[u8], group: ConversationId, what: &str) -> Result<MlsFraming, ApiError> {
+    let framing = parse_group_message(bytes)
+        .map_err(|e| ApiError::bad_request(format!("{what} is not an MLS group message: {e}")))?;
+    if framing.group_id != group.as_bytes() {
+        return Err(ApiError::bad_request(format!(
+            "{what} belongs to another group than the one in the path"
+        )));
+    }
+    Ok(framing)
+}
+
+/// Wakes every device the store delivered to (once each).
+async fn notify_delivered(state: &AppState, accepted: &Accepted) {
+    let devices: BTreeSet<DeviceId> = accepted.delivered.iter().map(|(d, _)| *d).collect();
+    for device in devices {
+        state.fanout().notify(device).await;
+    }
+}
+
+/// `POST /v1/groups/{id}/commits` body.
+#[derive(Deserialize)]
+pub struct CommitRequest {
+    epoch: u64,
+    #[serde(default)]
+    added: Vec<DeviceId>,
+    #[serde(default)]
+    removed: Vec<DeviceId>,
+    commit: B64,
+    #[serde(default)]
+    welcome: Option<B64>,
+}
+
+/// `POST /v1/groups/{id}/commits` answer.
+#[derive(Serialize)]
+pub struct CommitResponse {
+    epoch: u64,
+}
+
+/// Orders a commit: accepted only for the group's current epoch, once.
+pub async fn commit(
+    State(state): State<AppState>,
+    caller: Authed,
+    ApiPath(id): ApiPath<ConversationId>,
+    ApiJson(req): ApiJson<CommitRequest>,
+) -> Result<Json<CommitResponse>, ApiError> {
+    let framing = framing_for(&req.commit.0, id, "the commit")?;
+    if framing.epoch != req.epoch {
+        return Err(ApiError::bad_request(format!(
+            "the commit's framing says epoch {}, the request says {}",
+            framing.epoch, req.epoch
+        )));
+    }
+    if framing.content_type != ContentType::Commit {
+        return Err(ApiError::bad_request(
+            "the commit's content type is not Commit",
+        ));
+    }
+    match (&req.welcome, req.added.is_empty()) {
+        (None, false) => {
+            return Err(ApiError::bad_request(
+                "a commit that adds devices needs a welcome",
+            ));
+        }
+        (Some(_), true) => {
+            return Err(ApiError::bad_request(
+                "a welcome needs at least one added device",
+            ));
+        }
+        (Some(w), false) if !matches!(wire_format(&w.0), Ok(WireFormat::Welcome)) => {
+            return Err(ApiError::bad_request("the welcome is not an MLS Welcome"));
+        }
+        _ => {}
+    }
+    let accepted = state
+        .store()
+        .submit_commit(
+            CommitSubmission {
+                group: id,
+                sender: caller.device,
+                epoch: req.epoch,
+                added: req.added,
+                removed: req.removed,
+                commit: req.commit.0,
+                welcome: req.welcome.map(|w| w.0),
+            },
+            state.clock().now(),
+        )
+        .await?;
+    notify_delivered(&state, &accepted).await;
+    tracing::debug!(group = %id, epoch = accepted.epoch, "commit accepted");
+    Ok(Json(CommitResponse {
+        epoch: accepted.epoch,
+    }))
+}
+
+/// `POST /v1/groups/{id}/messages` body.
+#[derive(Deserialize)]
+pub struct MessageRequest {
+    message_id: MessageId,
+    body: B64,
+}
+
+/// `POST /v1/groups/{id}/messages` answer.
+#[derive(Serialize)]
+pub struct MessageResponse {
+    duplicate: bool,
+}
+
+/// Delivers an application message to every other member device.
+pub async fn message(
+    State(state): State<AppState>,
+    caller: Authed,
+    ApiPath(id): ApiPath<ConversationId>,
+    ApiJson(req): ApiJson<MessageRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let framing = framing_for(&req.body.0, id, "the message")?;
+    if framing.wire_format != WireFormat::PrivateMessage {
+        return Err(ApiError::bad_request(
+            "an application message must be an MLS PrivateMessage",
+        ));
+    }
+    if framing.content_type != ContentType::Application {
+        return Err(ApiError::bad_request(
+            "the message's content type is not Application (commits go to /commits)",
+        ));
+    }
+    let accepted = state
+        .store()
+        .submit_message(
+            MessageSubmission {
+                group: id,
+                sender: caller.device,
+                epoch: framing.epoch,
+                client_message_id: req.message_id,
+                body: req.body.0,
+            },
+            state.clock().now(),
+        )
+        .await?;
+    notify_delivered(&state, &accepted).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(MessageResponse {
+            duplicate: accepted.duplicate,
+        }),
+    ))
+}

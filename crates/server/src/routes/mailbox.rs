@@ -1,0 +1,96 @@
+//! Reading and acknowledging the caller's own mailbox.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use sotto_proto::ConversationId;
+use sotto_server_store::{EntryKind, MailboxEntry};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery, Authed, B64};
+
+/// Default page size of a mailbox fetch.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size of a mailbox fetch.
+pub const MAX_LIMIT: u32 = 500;
+
+/// The wire name of an entry kind.
+pub fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Commit => "commit",
+        EntryKind::Welcome => "welcome",
+        _ => "message",
+    }
+}
+
+/// One mailbox entry on the wire.
+#[derive(Serialize)]
+pub struct EntryView {
+    seq: u64,
+    kind: &'static str,
+    group: ConversationId,
+    body: B64,
+    received_at: u64,
+}
+
+impl From<MailboxEntry> for EntryView {
+    fn from(e: MailboxEntry) -> Self {
+        Self {
+            seq: e.seq,
+            kind: kind_name(e.kind),
+            group: e.group,
+            body: B64(e.body),
+            received_at: e.received_at,
+        }
+    }
+}
+
+/// `GET /v1/mailbox` query.
+#[derive(Deserialize)]
+pub struct FetchQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/mailbox` answer.
+#[derive(Serialize)]
+pub struct FetchResponse {
+    entries: Vec<EntryView>,
+}
+
+/// The caller's entries after `after`, in seq order.
+pub async fn fetch(
+    State(state): State<AppState>,
+    caller: Authed,
+    ApiQuery(q): ApiQuery<FetchQuery>,
+) -> Result<Json<FetchResponse>, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let entries = state.store().fetch(caller.device, q.after, limit).await?;
+    Ok(Json(FetchResponse {
+        entries: entries.into_iter().map(EntryView::from).collect(),
+    }))
+}
+
+/// `POST /v1/mailbox/ack` body.
+#[derive(Deserialize)]
+pub struct AckRequest {
+    up_to: u64,
+}
+
+/// `POST /v1/mailbox/ack` answer.
+#[derive(Serialize)]
+pub struct AckResponse {
+    deleted: u64,
+}
+
+/// Deletes the caller's entries up to `up_to`.
+pub async fn ack(
+    State(state): State<AppState>,
+    caller: Authed,
+    ApiJson(req): ApiJson<AckRequest>,
+) -> Result<Json<AckResponse>, ApiError> {
+    let deleted = state.store().ack(caller.device, req.up_to).await?;
+    Ok(Json(AckResponse { deleted }))
+}

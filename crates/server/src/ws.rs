@@ -1,0 +1,184 @@
+//! The push channel: one WebSocket per device. The server sends the device's mailbox
+//! entries in seq order, then waits on the fan-out and sends new ones as they arrive
+//! (always read from the store: the fan-out only wakes). The device acks what it
+//! processed.
+
+use axum::extract::State;
+use axum::extract::ws::{
+    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use sotto_proto::{ConversationId, DeviceId};
+use sotto_server_store::{MailboxEntry, StoreError};
+
+use crate::error::ApiError;
+use crate::extract::{ApiQuery, B64, authenticate, bearer_token};
+use crate::routes::mailbox::kind_name;
+use crate::{AppState, SocketGuard};
+
+/// Close code: the server is going away.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: a frame type the server does not accept (binary).
+pub const CLOSE_UNSUPPORTED: u16 = 1003;
+/// Close code: a frame the server cannot understand.
+pub const CLOSE_INVALID: u16 = 1007;
+/// Close code: an internal error.
+pub const CLOSE_INTERNAL: u16 = 1011;
+/// Close code: a newer connection of the same device replaced this one.
+pub const CLOSE_REPLACED: u16 = 4000;
+/// Close code: the device was removed from its account.
+pub const CLOSE_DEVICE_REMOVED: u16 = 4001;
+
+/// How many entries one store read sends at most.
+const PAGE: u32 = 100;
+
+/// `GET /v1/ws` query.
+#[derive(Deserialize)]
+pub struct WsQuery {
+    #[serde(default)]
+    after: u64,
+    token: Option<String>,
+}
+
+/// A frame the server sends.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerFrame {
+    Entry {
+        seq: u64,
+        kind: &'static str,
+        group: ConversationId,
+        body: B64,
+        received_at: u64,
+    },
+}
+
+/// A frame the client sends.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientFrame {
+    Ack { up_to: u64 },
+}
+
+/// Authenticates (header, or `?token=` for browsers) and upgrades.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<WsQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let token = bearer_token(&headers)
+        .or(q.token.as_deref())
+        .ok_or(ApiError::Unauthorized)?;
+    let caller = authenticate(&state, token).await?;
+    let ws = ws.map_err(|_| ApiError::bad_request("this endpoint needs a WebSocket upgrade"))?;
+    let device = caller.device;
+    let after = q.after;
+    Ok(ws.on_upgrade(move |socket| async move {
+        let guard = state.register_socket(device);
+        serve(state, socket, device, after, guard).await;
+    }))
+}
+
+/// Why the connection loop ended, and the close frame to send (if any).
+fn close(code: u16, reason: &str) -> Option<CloseFrame> {
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
+}
+
+async fn serve(
+    state: AppState,
+    mut socket: WebSocket,
+    device: DeviceId,
+    after: u64,
+    mut guard: SocketGuard,
+) {
+    // Subscribe before the first read so no wake-up between read and wait is lost.
+    let mut wake = state.fanout().subscribe(device);
+    let mut shutdown = state.shutdown_signal();
+    let Some(mut kicked) = guard.kicked.take() else {
+        return;
+    };
+    let mut cursor = after;
+    let frame = 'conn: loop {
+        if *shutdown.borrow() {
+            break close(CLOSE_GOING_AWAY, "server shutting down");
+        }
+        // Send everything after the cursor.
+        loop {
+            let entries = match state.store().fetch(device, cursor, PAGE).await {
+                Ok(entries) => entries,
+                Err(StoreError::UnknownDevice) => {
+                    break 'conn close(CLOSE_DEVICE_REMOVED, "device removed");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "mailbox read failed on a WebSocket");
+                    break 'conn close(CLOSE_INTERNAL, "internal error");
+                }
+            };
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                break;
+            };
+            for entry in entries {
+                let Ok(text) = serde_json::to_string(&entry_frame(entry)) else {
+                    break 'conn close(CLOSE_INTERNAL, "internal error");
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    break 'conn None;
+                }
+            }
+            cursor = last;
+        }
+        tokio::select! {
+            () = wake.woken() => {}
+            _ = &mut kicked => break close(CLOSE_REPLACED, "replaced by a newer connection"),
+            () = shut_down(&mut shutdown) => break close(CLOSE_GOING_AWAY, "server shutting down"),
+            incoming = socket.recv() => match incoming {
+                None | Some(Ok(Message::Close(_))) => break None,
+                Some(Ok(Message::Text(text))) => {
+                    match serde_json::from_str::<ClientFrame>(text.as_str()) {
+                        Ok(ClientFrame::Ack { up_to }) => {
+                            if let Err(e) = state.store().ack(device, up_to).await {
+                                if e == StoreError::UnknownDevice {
+                                    break close(CLOSE_DEVICE_REMOVED, "device removed");
+                                }
+                                tracing::error!(error = %e, "ack failed on a WebSocket");
+                                break close(CLOSE_INTERNAL, "internal error");
+                            }
+                        }
+                        Err(_) => break close(CLOSE_INVALID, "malformed frame: expected {\"type\":\"ack\",\"up_to\":N}"),
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => break close(CLOSE_UNSUPPORTED, "binary frames are not accepted"),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Err(_)) => break close(CLOSE_INVALID, "invalid frame"),
+            },
+        }
+    };
+    if let Some(frame) = frame {
+        tracing::debug!(code = frame.code, "closing a WebSocket");
+        let _ = socket.send(Message::Close(Some(frame))).await;
+    }
+    drop(guard);
+}
+
+/// Resolves once the server shuts down (holding no lock guard across awaits).
+async fn shut_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|down| *down).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn entry_frame(e: MailboxEntry) -> ServerFrame {
+    ServerFrame::Entry {
+        seq: e.seq,
+        kind: kind_name(e.kind),
+        group: e.group,
+        body: B64(e.body),
+        received_at: e.received_at,
+    }
+}
