@@ -40,12 +40,12 @@ pub enum ConfigError {
         reason: String,
     },
     /// One setting has a bad value.
-    #[error("{name} ({source:?}) = {value:?} is invalid: {expected}")]
+    #[error("{name} ({origin:?}) = {value:?} is invalid: {expected}")]
     Invalid {
         /// The setting (`listen`, `SOTTO_LISTEN`, `--listen`).
         name: String,
         /// Where it came from.
-        source: Source,
+        origin: Source,
         /// The value given.
         value: String,
         /// What would be valid.
@@ -134,7 +134,10 @@ impl fmt::Debug for Config {
             .field("link_slot_ttl_secs", &self.link_slot_ttl_secs)
             .field("log_format", &self.log_format)
             .field("log_filter", &self.log_filter)
-            .field("tls", &self.tls.as_ref().map(|(c, _)| (c, "<key path set>")))
+            .field(
+                "tls",
+                &self.tls.as_ref().map(|(c, _)| (c, "<key path set>")),
+            )
             .finish()
     }
 }
@@ -147,10 +150,7 @@ pub const DEFAULT_DATA_DIR: &str = "sotto-data";
 impl Config {
     /// Builds the configuration from the file named in `flags` (if any), the given
     /// environment (`SOTTO_*` variables), and the flags.
-    pub fn load(
-        flags: &Flags,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(flags: &Flags, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file = match &flags.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -220,7 +220,7 @@ impl Config {
                 _ => {
                     return Err(ConfigError::Invalid {
                         name: "SOTTO_LOG_FORMAT".into(),
-                        source: Source::Env,
+                        origin: Source::Env,
                         value: v,
                         expected: "\"human\" or \"json\"",
                     });
@@ -255,7 +255,9 @@ impl Config {
         };
 
         Ok(Config {
-            listen: b.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7480))),
+            listen: b
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7480))),
             data_dir,
             retention_secs: retention_days * 86_400,
             max_request_bytes: usize::try_from(max_request_bytes).unwrap_or(usize::MAX),
@@ -274,13 +276,15 @@ struct Builder {
 }
 
 impl Builder {
-    fn listen(&mut self, value: &str, source: Source, name: &str) -> Result<(), ConfigError> {
-        let addr = value.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
-            name: name.to_owned(),
-            source,
-            value: value.to_owned(),
-            expected: "an IP address and port, like 127.0.0.1:7480 or [::]:7480",
-        })?;
+    fn listen(&mut self, value: &str, origin: Source, name: &str) -> Result<(), ConfigError> {
+        let addr = value
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::Invalid {
+                name: name.to_owned(),
+                origin,
+                value: value.to_owned(),
+                expected: "an IP address and port, like 127.0.0.1:7480 or [::]:7480",
+            })?;
         self.listen = Some(addr);
         Ok(())
     }
@@ -309,12 +313,15 @@ fn number(
 ) -> Result<u64, ConfigError> {
     let (value, name, source) = match env {
         Some(text) => {
-            let parsed = text.trim().parse::<u64>().map_err(|_| ConfigError::Invalid {
-                name: env_name.to_owned(),
-                source: Source::Env,
-                value: text.clone(),
-                expected,
-            })?;
+            let parsed = text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ConfigError::Invalid {
+                    name: env_name.to_owned(),
+                    origin: Source::Env,
+                    value: text.clone(),
+                    expected,
+                })?;
             (parsed, env_name, Source::Env)
         }
         None => (file.unwrap_or(default), file_name, Source::File),
@@ -324,7 +331,7 @@ fn number(
     } else {
         Err(ConfigError::Invalid {
             name: name.to_owned(),
-            source,
+            origin: source,
             value: value.to_string(),
             expected,
         })
@@ -397,16 +404,25 @@ mod tests {
         let err = Config::load(&Flags::default(), env(&[("SOTTO_LISTEN", "localhost")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("SOTTO_LISTEN") && err.contains("127.0.0.1:7480"), "{err}");
+        assert!(
+            err.contains("SOTTO_LISTEN") && err.contains("127.0.0.1:7480"),
+            "{err}"
+        );
 
         let err = Config::load(&Flags::default(), env(&[("SOTTO_RETENTION_DAYS", "0")]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("1 to 3650"), "{err}");
 
-        let err = Config::load(&Flags::default(), env(&[("SOTTO_RETENTION_DAYS", "ten")]))
-            .unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { source: Source::Env, .. }));
+        let err =
+            Config::load(&Flags::default(), env(&[("SOTTO_RETENTION_DAYS", "ten")])).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                origin: Source::Env,
+                ..
+            }
+        ));
 
         let flags = Flags {
             tls_cert: Some("cert.pem".into()),

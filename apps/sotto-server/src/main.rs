@@ -1,11 +1,160 @@
-//! The Sotto server binary. The delivery service itself is not built yet: it arrives
-//! with the server issue (crates/server). Until then this says so and exits non-zero.
+//! `sotto-server`: the Sotto delivery service. Parses flags, loads the configuration,
+//! opens the embedded SQLite store and serves the library's router until SIGINT/SIGTERM.
+//! Everything else lives in the `sotto-server` library crate.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "sotto-server: not yet built. The delivery service arrives with the server issue; \
-         the encryption engine (crates/core) and its tests are available now: \
-         cargo nextest run --workspace"
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use config::{Config, Flags, LogFormat};
+use sotto_server::{AppState, InProcessFanout, ServerConfig, SystemClock};
+use sotto_store_sqlite::SqliteStore;
+
+/// Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad configuration.
+#[derive(Parser, Debug)]
+#[command(
+    name = "sotto-server",
+    version,
+    about = "Sotto delivery service: stores and forwards end-to-end encrypted messages",
+    after_help = "Configuration: defaults < --config FILE < SOTTO_* environment variables < flags.\n\
+                  See sotto-server.example.toml for every setting.\n\
+                  Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad configuration."
+)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7480].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Data directory for the database and blobs [default: ./sotto-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Write logs as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+    /// TLS certificate (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); needs --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let flags = Flags {
+        config: args.config,
+        listen: args.listen,
+        data_dir: args.data_dir,
+        log_json: args.log_json,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+    };
+    let config = match Config::load(&flags, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sotto-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sotto-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("sotto-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    if config.tls.is_some() {
+        return Err(
+            "serving TLS directly is not built yet: run without tls_cert/tls_key \
+                    behind a TLS-terminating proxy (or on loopback)"
+                .into(),
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let db = config.data_dir.join("sotto.db");
+    let store = SqliteStore::open(&db)
+        .map_err(|e| format!("cannot open the database {}: {e}", db.display()))?;
+    let state = AppState::new(
+        Arc::new(store),
+        Arc::new(InProcessFanout::default()),
+        Arc::new(SystemClock),
+        ServerConfig {
+            retention_secs: config.retention_secs,
+            max_body_bytes: config.max_request_bytes,
+            link_slot_ttl_secs: config.link_slot_ttl_secs,
+            ..ServerConfig::default()
+        },
     );
-    std::process::ExitCode::FAILURE
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    println!(
+        "sotto-server listening on http://{addr} with data in {}",
+        config.data_dir.display()
+    );
+    tokio::spawn(sotto_server::expire_loop(
+        state.clone(),
+        Duration::from_secs(300),
+    ));
+    sotto_server::run(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
 }

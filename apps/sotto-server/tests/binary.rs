@@ -1,0 +1,82 @@
+//! Runs the real `sotto-server` binary: start-up line, health check, SIGTERM, bad config.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sotto-server"))
+}
+
+#[test]
+fn starts_with_defaults_serves_health_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = binary()
+        .current_dir(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("SOTTO_LISTEN")
+        .env_remove("SOTTO_DATA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // "sotto-server listening on http://127.0.0.1:PORT with data in sotto-data"
+    assert!(
+        line.starts_with("sotto-server listening on http://127.0.0.1:"),
+        "{line}"
+    );
+    assert!(
+        line.trim_end().ends_with("with data in sotto-data"),
+        "{line}"
+    );
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        dir.path().join("sotto-data/sotto.db").exists(),
+        "database created"
+    );
+
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+}
+
+#[test]
+fn bad_configuration_exits_2_with_a_clear_message() {
+    let output = binary()
+        .env("SOTTO_RETENTION_DAYS", "forever")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SOTTO_RETENTION_DAYS"), "{stderr}");
+    assert!(stderr.contains("1 to 3650"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
