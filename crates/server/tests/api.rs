@@ -898,3 +898,35 @@ async fn link_slots_are_single_use_and_expire() {
     let (status, _) = h.send(put(uri.clone(), vec![1; 64 * 1024])).await;
     assert_eq!(status, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn the_expiry_loop_drops_old_entries_and_stops_at_shutdown() {
+    let h = Harness::new();
+    let g = group(6);
+    let (alice, bob) = h.alice_and_bob_in_group(g).await;
+    h.send_message(&alice, g, 1, 1).await;
+    let task = tokio::spawn(sotto_server::expire_loop(
+        h.state.clone(),
+        std::time::Duration::from_millis(10),
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(h.mailbox(&bob).await.len(), 2, "nothing is old yet");
+
+    h.clock.advance(ServerConfig::default().retention_secs + 1);
+    let mut emptied = false;
+    for _ in 0..100 {
+        if h.mailbox(&bob).await.is_empty() {
+            emptied = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(emptied, "entries past the retention were not expired");
+    assert_eq!(h.state.store().stats().await.unwrap().bodies, 0);
+
+    h.state.begin_shutdown();
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("expire_loop did not stop at shutdown")
+        .unwrap();
+}

@@ -373,6 +373,40 @@ async fn malformed_client_frames_close_that_socket_only() {
 }
 
 #[tokio::test]
+async fn removing_a_device_closes_its_socket() {
+    let server = start().await;
+    let addr = server.addr;
+    let identity = Identity::new("alice", 1);
+    let alice = register(addr, "alice", 1).await;
+    let laptop = dev(9);
+    let (status, body) = http(
+        addr,
+        "PUT",
+        "/v1/devices",
+        Some(&alice.token),
+        Some(json!({"device_list": identity.list(2, &[alice.device, laptop])})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let laptop_token = body["new_device_token"].as_str().unwrap().to_owned();
+    let mut ws = connect(addr, &laptop_token, 0).await;
+    silence(&mut ws).await;
+
+    let (status, body) = http(
+        addr,
+        "PUT",
+        "/v1/devices",
+        Some(&alice.token),
+        Some(json!({"device_list": identity.list(3, &[alice.device])})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 4001);
+    assert_eq!(frame.reason.as_str(), "device removed");
+}
+
+#[tokio::test]
 async fn graceful_shutdown_closes_sockets_with_1001() {
     let mut server = start().await;
     let addr = server.addr;
