@@ -13,7 +13,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sotto_proto::{ConversationId, DeviceId};
 use sotto_server::{AppState, InProcessFanout, ManualClock, ServerConfig, app};
-use sotto_server_store::MemoryStore;
+use sotto_server_store::{MemoryStore, Store};
+use sotto_store_sqlite::SqliteStore;
 use tower::ServiceExt;
 
 const T0: u64 = 1_750_000_000;
@@ -22,6 +23,7 @@ struct Harness {
     app: Router,
     state: AppState,
     clock: Arc<ManualClock>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 struct Client {
@@ -32,9 +34,20 @@ struct Client {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_store(Arc::new(MemoryStore::new()), None)
+    }
+
+    /// The same API over the SQLite store in a temporary directory.
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("server.db")).unwrap();
+        Self::with_store(Arc::new(store), Some(dir))
+    }
+
+    fn with_store(store: Arc<dyn Store>, dir: Option<tempfile::TempDir>) -> Self {
         let clock = Arc::new(ManualClock::new(T0));
         let state = AppState::new(
-            Arc::new(MemoryStore::new()),
+            store,
             Arc::new(InProcessFanout::new()),
             clock.clone(),
             ServerConfig::default(),
@@ -43,6 +56,7 @@ impl Harness {
             app: app(state.clone()),
             state,
             clock,
+            _dir: dir,
         }
     }
 
@@ -929,4 +943,83 @@ async fn the_expiry_loop_drops_old_entries_and_stops_at_shutdown() {
         .await
         .expect("expire_loop did not stop at shutdown")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_over_the_sqlite_store() {
+    let h = Arc::new(Harness::sqlite());
+    let g = group(9);
+    let (alice, bob) = h.alice_and_bob_in_group(g).await;
+    assert_eq!(h.mailbox(&bob).await[0]["kind"], "welcome");
+
+    // Racing commits: exactly one wins.
+    let alice = Arc::new(alice);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let h = h.clone();
+        let alice = alice.clone();
+        tasks.push(tokio::spawn(
+            async move { h.commit(&alice, g, 1, &[]).await.0 },
+        ));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 1);
+
+    // Messages fan out, resends are deduplicated, acks delete.
+    let (status, body) = h.send_message(&alice, g, 2, 1).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::ACCEPTED, json!({"duplicate": false}))
+    );
+    let (_, body) = h.send_message(&alice, g, 2, 1).await;
+    assert_eq!(body, json!({"duplicate": true}));
+    assert!(h.mailbox(&alice).await.is_empty());
+    let entries = h.mailbox(&bob).await;
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["welcome", "commit", "message"]);
+    let (_, body) = h
+        .call(
+            Method::POST,
+            "/v1/mailbox/ack",
+            Some(&bob.token),
+            Some(json!({"up_to": entries[2]["seq"]})),
+        )
+        .await;
+    assert_eq!(body, json!({"deleted": 3}));
+    assert!(h.mailbox(&bob).await.is_empty());
+
+    // Removing a device kills its token at once.
+    let (status, body) = h
+        .call(
+            Method::PUT,
+            "/v1/devices",
+            Some(&bob.token),
+            Some(json!({"device_list": bob.identity.list(2, &[bob.device, dev(20)])})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let tablet = body["new_device_token"].as_str().unwrap().to_owned();
+    let (status, _) = h
+        .call(
+            Method::PUT,
+            "/v1/devices",
+            Some(&tablet),
+            Some(json!({"device_list": bob.identity.list(3, &[dev(20)])})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h
+        .call(Method::GET, "/v1/mailbox", Some(&bob.token), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
