@@ -324,6 +324,7 @@ async fn a_second_socket_replaces_the_first() {
     let g = group(3);
     let (alice, bob) = alice_and_bob(addr, g).await;
 
+    let mut alice_ws = connect(addr, &alice.token, 0).await;
     let mut first = connect(addr, &bob.token, 1).await;
     let mut second = connect(addr, &bob.token, 1).await;
     let frame = close_frame(&mut first).await;
@@ -333,6 +334,22 @@ async fn a_second_socket_replaces_the_first() {
     send_message(addr, &alice, g, 5).await;
     let pushed = next_entry(&mut second).await;
     assert_eq!(pushed["seq"], 2);
+
+    // Another device's socket is untouched by bob's replacement.
+    let (status, _) = http(
+        addr,
+        "POST",
+        &format!("/v1/groups/{g}/messages"),
+        Some(&bob.token),
+        Some(json!({
+            "message_id": message_id(6).to_string(),
+            "body": b64(&app_bytes(g, 1, &[6; 4])),
+        })),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let pushed = next_entry(&mut alice_ws).await;
+    assert_eq!(pushed["body"], b64(&app_bytes(g, 1, &[6; 4])));
 }
 
 #[tokio::test]
