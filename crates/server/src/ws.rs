@@ -33,6 +33,9 @@ pub const CLOSE_DEVICE_REMOVED: u16 = 4001;
 
 /// How many entries one store read sends at most.
 const PAGE: u32 = 100;
+/// How often the server pings an idle socket; a peer that has sent nothing (not even a
+/// pong) for a whole interval after a ping is considered gone.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `GET /v1/ws` query.
 #[derive(Deserialize)]
@@ -104,6 +107,9 @@ async fn serve(
         return;
     };
     let mut cursor = after;
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let mut awaiting_pong = false;
     let frame = 'conn: loop {
         if *shutdown.borrow() {
             break close(CLOSE_GOING_AWAY, "server shutting down");
@@ -137,9 +143,19 @@ async fn serve(
             () = wake.woken() => {}
             _ = &mut kicked => break close(CLOSE_REPLACED, "replaced by a newer connection"),
             () = shut_down(&mut shutdown) => break close(CLOSE_GOING_AWAY, "server shutting down"),
+            _ = keepalive.tick() => {
+                if awaiting_pong {
+                    break close(CLOSE_GOING_AWAY, "keepalive timeout");
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+                awaiting_pong = true;
+            }
             incoming = socket.recv() => match incoming {
                 None | Some(Ok(Message::Close(_))) => break None,
                 Some(Ok(Message::Text(text))) => {
+                    awaiting_pong = false;
                     match serde_json::from_str::<ClientFrame>(text.as_str()) {
                         Ok(ClientFrame::Ack { up_to }) => {
                             if let Err(e) = state.store().ack(device, up_to).await {
@@ -154,7 +170,8 @@ async fn serve(
                     }
                 }
                 Some(Ok(Message::Binary(_))) => break close(CLOSE_UNSUPPORTED, "binary frames are not accepted"),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                // Any sign of life answers the keepalive.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => awaiting_pong = false,
                 Some(Err(_)) => break close(CLOSE_INVALID, "invalid frame"),
             },
         }

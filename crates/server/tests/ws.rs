@@ -1,0 +1,446 @@
+//! The WebSocket push channel against `run()` on a real port.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Identity, app_bytes, b64, commit_bytes, dev, group, message_id, welcome_bytes};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sotto_proto::{ConversationId, DeviceId};
+use sotto_server::{AppState, InProcessFanout, ServerConfig, SystemClock, run};
+use sotto_server_store::MemoryStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start() -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(
+        Arc::new(MemoryStore::new()),
+        Arc::new(InProcessFanout::new()),
+        Arc::new(SystemClock),
+        ServerConfig::default(),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(run(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        stop: Some(stop),
+        handle,
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8(response).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))
+    };
+    (status, value)
+}
+
+struct Client {
+    device: DeviceId,
+    token: String,
+}
+
+async fn register(addr: SocketAddr, username: &str, n: u8) -> Client {
+    let identity = Identity::new(username, n);
+    let device = dev(n);
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/accounts",
+        None,
+        Some(json!({"username": username, "device_list": identity.list(1, &[device])})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    Client {
+        device,
+        token: body["token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// alice creates `g` and adds bob (bob's mailbox: seq 1 = the Welcome).
+async fn alice_and_bob(addr: SocketAddr, g: ConversationId) -> (Client, Client) {
+    let alice = register(addr, "alice", 1).await;
+    let bob = register(addr, "bob", 2).await;
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/v1/groups",
+        Some(&alice.token),
+        Some(json!({"group_id": g})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = http(
+        addr,
+        "POST",
+        &format!("/v1/groups/{g}/commits"),
+        Some(&alice.token),
+        Some(json!({
+            "epoch": 0,
+            "added": [bob.device],
+            "commit": b64(&commit_bytes(g, 0)),
+            "welcome": b64(&welcome_bytes()),
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    (alice, bob)
+}
+
+async fn send_message(addr: SocketAddr, from: &Client, g: ConversationId, n: u8) {
+    let (status, body) = http(
+        addr,
+        "POST",
+        &format!("/v1/groups/{g}/messages"),
+        Some(&from.token),
+        Some(json!({
+            "message_id": message_id(n).to_string(),
+            "body": b64(&app_bytes(g, 1, &[n; 4])),
+        })),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+}
+
+async fn connect(addr: SocketAddr, token: &str, after: u64) -> Ws {
+    let mut req = format!("ws://{addr}/v1/ws?after={after}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = connect_async(req).await.unwrap();
+    ws
+}
+
+/// The next data frame (an entry), skipping pings.
+async fn next_entry(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for an entry")
+            .expect("socket ended")
+            .expect("socket error");
+        match msg {
+            Message::Text(text) => {
+                let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                assert_eq!(v["type"], "entry", "{v}");
+                return v;
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected an entry, got {other:?}"),
+        }
+    }
+}
+
+/// The close frame the server sends next.
+async fn close_frame(ws: &mut Ws) -> CloseFrame {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a close frame")
+            .expect("socket ended without a close frame")
+            .expect("socket error");
+        match msg {
+            Message::Close(Some(frame)) => return frame,
+            Message::Close(None) => panic!("close without a code"),
+            Message::Text(t) => panic!("expected a close frame, got {t}"),
+            _ => {}
+        }
+    }
+}
+
+/// Nothing arrives for a while.
+async fn silence(ws: &mut Ws) {
+    if let Ok(msg) = tokio::time::timeout(Duration::from_millis(300), ws.next()).await {
+        panic!("expected silence, got {msg:?}");
+    }
+}
+
+async fn ack(ws: &mut Ws, up_to: u64) {
+    ws.send(Message::text(
+        json!({"type": "ack", "up_to": up_to}).to_string(),
+    ))
+    .await
+    .unwrap();
+}
+
+/// Waits until the server has processed acks up to the end of `c`'s mailbox.
+async fn mailbox_len(addr: SocketAddr, c: &Client) -> usize {
+    let (status, body) = http(addr, "GET", "/v1/mailbox", Some(&c.token), None).await;
+    assert_eq!(status, 200);
+    body["entries"].as_array().unwrap().len()
+}
+
+async fn wait_mailbox_empty(addr: SocketAddr, c: &Client) {
+    for _ in 0..100 {
+        if mailbox_len(addr, c).await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the ack was not applied");
+}
+
+#[tokio::test]
+async fn push_ack_and_resume() {
+    let server = start().await;
+    let addr = server.addr;
+    let g = group(1);
+    let (alice, bob) = alice_and_bob(addr, g).await;
+
+    let mut ws = connect(addr, &bob.token, 0).await;
+    let welcome = next_entry(&mut ws).await;
+    assert_eq!(welcome["seq"], 1);
+    assert_eq!(welcome["kind"], "welcome");
+    assert_eq!(welcome["group"], g.to_string());
+    assert_eq!(welcome["body"], b64(&welcome_bytes()));
+    assert!(welcome["received_at"].is_u64());
+
+    send_message(addr, &alice, g, 7).await;
+    let pushed = next_entry(&mut ws).await;
+    assert_eq!(pushed["seq"], 2);
+    assert_eq!(pushed["kind"], "message");
+    assert_eq!(pushed["body"], b64(&app_bytes(g, 1, &[7; 4])));
+
+    ack(&mut ws, 2).await;
+    wait_mailbox_empty(addr, &bob).await;
+    ws.close(None).await.unwrap();
+
+    // Resume after the acked seq: nothing is redelivered, new entries still arrive.
+    let mut ws = connect(addr, &bob.token, 2).await;
+    silence(&mut ws).await;
+    send_message(addr, &alice, g, 8).await;
+    let pushed = next_entry(&mut ws).await;
+    assert_eq!(pushed["seq"], 3);
+    assert_eq!(pushed["body"], b64(&app_bytes(g, 1, &[8; 4])));
+    // The sender's socket gets nothing.
+    let mut alice_ws = connect(addr, &alice.token, 0).await;
+    silence(&mut alice_ws).await;
+}
+
+#[tokio::test]
+async fn reconnecting_without_ack_redelivers_in_order() {
+    let server = start().await;
+    let addr = server.addr;
+    let g = group(2);
+    let (alice, bob) = alice_and_bob(addr, g).await;
+
+    let mut ws = connect(addr, &bob.token, 0).await;
+    assert_eq!(next_entry(&mut ws).await["seq"], 1);
+    send_message(addr, &alice, g, 1).await;
+    send_message(addr, &alice, g, 2).await;
+    assert_eq!(next_entry(&mut ws).await["seq"], 2);
+    assert_eq!(next_entry(&mut ws).await["seq"], 3);
+    drop(ws);
+
+    // Also via ?token= (browsers cannot set headers).
+    let url = format!("ws://{addr}/v1/ws?after=0&token={}", bob.token);
+    let (mut ws, _) = connect_async(url).await.unwrap();
+    let seqs: Vec<Value> = [
+        next_entry(&mut ws).await,
+        next_entry(&mut ws).await,
+        next_entry(&mut ws).await,
+    ]
+    .into_iter()
+    .map(|e| e["seq"].clone())
+    .collect();
+    assert_eq!(seqs, vec![json!(1), json!(2), json!(3)]);
+    silence(&mut ws).await;
+}
+
+#[tokio::test]
+async fn unauthenticated_upgrades_are_refused() {
+    let server = start().await;
+    let addr = server.addr;
+    assert!(connect_async(format!("ws://{addr}/v1/ws")).await.is_err());
+    assert!(
+        connect_async(format!(
+            "ws://{addr}/v1/ws?token=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        ))
+        .await
+        .is_err()
+    );
+    // A plain GET without an upgrade is a JSON 4xx, not a plain-text rejection.
+    let bob = register(addr, "bob", 2).await;
+    let (status, body) = http(addr, "GET", "/v1/ws", Some(&bob.token), None).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn a_second_socket_replaces_the_first() {
+    let server = start().await;
+    let addr = server.addr;
+    let g = group(3);
+    let (alice, bob) = alice_and_bob(addr, g).await;
+
+    let mut alice_ws = connect(addr, &alice.token, 0).await;
+    let mut first = connect(addr, &bob.token, 1).await;
+    let mut second = connect(addr, &bob.token, 1).await;
+    let frame = close_frame(&mut first).await;
+    assert_eq!(u16::from(frame.code), 4000);
+    assert_eq!(frame.reason.as_str(), "replaced by a newer connection");
+
+    send_message(addr, &alice, g, 5).await;
+    let pushed = next_entry(&mut second).await;
+    assert_eq!(pushed["seq"], 2);
+
+    // Another device's socket is untouched by bob's replacement.
+    let (status, _) = http(
+        addr,
+        "POST",
+        &format!("/v1/groups/{g}/messages"),
+        Some(&bob.token),
+        Some(json!({
+            "message_id": message_id(6).to_string(),
+            "body": b64(&app_bytes(g, 1, &[6; 4])),
+        })),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let pushed = next_entry(&mut alice_ws).await;
+    assert_eq!(pushed["body"], b64(&app_bytes(g, 1, &[6; 4])));
+}
+
+#[tokio::test]
+async fn malformed_client_frames_close_that_socket_only() {
+    let server = start().await;
+    let addr = server.addr;
+    let g = group(4);
+    let (_alice, bob) = alice_and_bob(addr, g).await;
+
+    let mut ws = connect(addr, &bob.token, 1).await;
+    ws.send(Message::Binary(Bytes::from_static(&[
+        0xde, 0xad, 0xbe, 0xef, 0x00, 0xff,
+    ])))
+    .await
+    .unwrap();
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 1003);
+    assert!(!frame.reason.is_empty());
+
+    for bad in [
+        "{not json",
+        r#"{"type":"ack","up_to":"x"}"#,
+        r#"{"type":"subscribe"}"#,
+        "\u{0}\u{1}garbage",
+    ] {
+        let mut ws = connect(addr, &bob.token, 1).await;
+        ws.send(Message::text(bad)).await.unwrap();
+        let frame = close_frame(&mut ws).await;
+        assert_eq!(u16::from(frame.code), 1007, "{bad}");
+        assert!(!frame.reason.is_empty());
+    }
+
+    // The server still serves new connections.
+    let mut ws = connect(addr, &bob.token, 0).await;
+    assert_eq!(next_entry(&mut ws).await["seq"], 1);
+    let (status, body) = http(addr, "GET", "/healthz", None, None).await;
+    assert_eq!((status, body), (200, json!("ok")));
+}
+
+#[tokio::test]
+async fn removing_a_device_closes_its_socket() {
+    let server = start().await;
+    let addr = server.addr;
+    let identity = Identity::new("alice", 1);
+    let alice = register(addr, "alice", 1).await;
+    let laptop = dev(9);
+    let (status, body) = http(
+        addr,
+        "PUT",
+        "/v1/devices",
+        Some(&alice.token),
+        Some(json!({"device_list": identity.list(2, &[alice.device, laptop])})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let laptop_token = body["new_device_token"].as_str().unwrap().to_owned();
+    let mut ws = connect(addr, &laptop_token, 0).await;
+    silence(&mut ws).await;
+
+    let (status, body) = http(
+        addr,
+        "PUT",
+        "/v1/devices",
+        Some(&alice.token),
+        Some(json!({"device_list": identity.list(3, &[alice.device])})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 4001);
+    assert_eq!(frame.reason.as_str(), "device removed");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_sockets_with_1001() {
+    let mut server = start().await;
+    let addr = server.addr;
+    let g = group(5);
+    let (_alice, bob) = alice_and_bob(addr, g).await;
+    let mut ws = connect(addr, &bob.token, 0).await;
+    assert_eq!(next_entry(&mut ws).await["seq"], 1);
+
+    server.stop.take().unwrap().send(()).unwrap();
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 1001);
+    assert_eq!(frame.reason.as_str(), "server shutting down");
+    tokio::time::timeout(WAIT, server.handle)
+        .await
+        .expect("run() did not return after shutdown")
+        .unwrap()
+        .unwrap();
+    // No longer accepting.
+    assert!(TcpStream::connect(addr).await.is_err());
+}
