@@ -62,6 +62,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The TLS files are part of the configuration: unreadable or mismatched is exit 2.
+    let tls = match &config.tls {
+        Some((cert, key)) => match sotto_server::tls::server_config(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("sotto-server: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     init_logging(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -70,7 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("sotto-server: {message}");
@@ -89,14 +100,7 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
-    if config.tls.is_some() {
-        return Err(
-            "serving TLS directly is not built yet: run without tls_cert/tls_key \
-                    behind a TLS-terminating proxy (or on loopback)"
-                .into(),
-        );
-    }
+async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         format!(
             "cannot create data directory {}: {e}",
@@ -114,6 +118,8 @@ async fn serve(config: Config) -> Result<(), String> {
             retention_secs: config.retention_secs,
             max_body_bytes: config.max_request_bytes,
             link_slot_ttl_secs: config.link_slot_ttl_secs,
+            blob_dir: Some(config.data_dir.join("blobs")),
+            max_attachment_bytes: config.max_attachment_bytes,
             ..ServerConfig::default()
         },
     );
@@ -123,17 +129,24 @@ async fn serve(config: Config) -> Result<(), String> {
     let addr = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "sotto-server listening on http://{addr} with data in {}",
+        "sotto-server listening on {scheme}://{addr} with data in {}",
         config.data_dir.display()
     );
     tokio::spawn(sotto_server::expire_loop(
         state.clone(),
         Duration::from_secs(300),
     ));
-    sotto_server::run(listener, state, shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))
+    let served = match tls {
+        Some(tls) => {
+            let listener = sotto_server::tls::TlsListener::new(listener, tls)
+                .map_err(|e| format!("cannot start TLS on {addr}: {e}"))?;
+            sotto_server::run(listener, state, shutdown_signal()).await
+        }
+        None => sotto_server::run(listener, state, shutdown_signal()).await,
+    };
+    served.map_err(|e| format!("server error: {e}"))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

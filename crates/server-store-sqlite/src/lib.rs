@@ -30,7 +30,8 @@ use sotto_server_store::{
 };
 use tokio::sync::oneshot;
 
-pub use writer::{BATCH_BUCKET_BOUNDS, BatchStats, MAX_BATCH};
+pub use sotto_server_store::{BATCH_BUCKET_BOUNDS, BatchStats};
+pub use writer::MAX_BATCH;
 use writer::{Job, WriteJob};
 
 /// How long a connection waits for a lock before failing.
@@ -105,11 +106,6 @@ impl SqliteStore {
             }),
             batch_stats,
         })
-    }
-
-    /// The writer's batch counters so far.
-    pub fn batch_stats(&self) -> BatchStats {
-        self.batch_stats.lock().map(|s| *s).unwrap_or_default()
     }
 
     /// Runs `work` on the writer thread inside the next group commit; resolves after
@@ -347,5 +343,9 @@ impl Store for SqliteStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read(ops::stats).await
+    }
+
+    fn batch_stats(&self) -> Option<BatchStats> {
+        self.batch_stats.lock().ok().map(|s| *s)
     }
 }

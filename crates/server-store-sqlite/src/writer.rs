@@ -7,51 +7,13 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
-use sotto_server_store::StoreError;
+use sotto_server_store::{BatchStats, StoreError};
 use tokio::sync::oneshot;
 
 use crate::OrBackend;
 
 /// Most requests committed in one transaction.
 pub const MAX_BATCH: usize = 512;
-
-/// Upper bounds (inclusive) of the batch-size histogram buckets.
-pub const BATCH_BUCKET_BOUNDS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
-
-/// Counters of the writer's batches, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BatchStats {
-    /// Transactions committed or attempted.
-    pub batches: u64,
-    /// Write requests processed.
-    pub writes: u64,
-    /// The largest batch seen.
-    pub largest: u64,
-    /// Batches whose size was at most the matching [`BATCH_BUCKET_BOUNDS`] entry (and
-    /// above the previous one).
-    pub size_buckets: [u64; 10],
-    /// Batches whose COMMIT failed (every request in them got an error).
-    pub failed_commits: u64,
-}
-
-impl BatchStats {
-    fn record(&mut self, size: usize, committed: bool) {
-        let size = size as u64;
-        self.batches += 1;
-        self.writes += size;
-        self.largest = self.largest.max(size);
-        let bucket = BATCH_BUCKET_BOUNDS
-            .iter()
-            .position(|bound| size <= *bound)
-            .unwrap_or(BATCH_BUCKET_BOUNDS.len() - 1);
-        if let Some(count) = self.size_buckets.get_mut(bucket) {
-            *count += 1;
-        }
-        if !committed {
-            self.failed_commits += 1;
-        }
-    }
-}
 
 /// One queued write.
 pub(crate) trait WriteJob: Send {

@@ -95,7 +95,7 @@ async fn concurrent_writes_are_group_committed() {
         .create_group(gid(1), dev(1), vec![dev(2)])
         .await
         .unwrap();
-    let before = store.batch_stats();
+    let before = store.batch_stats().unwrap();
     let mut tasks = Vec::new();
     for i in 0..300u64 {
         let store = Arc::clone(&store);
@@ -116,7 +116,7 @@ async fn concurrent_writes_are_group_committed() {
             (_, result) => assert_eq!(result, Err(StoreError::NotAMember)),
         }
     }
-    let after = store.batch_stats();
+    let after = store.batch_stats().unwrap();
     assert_eq!(after.writes - before.writes, 300);
     assert!(
         after.batches - before.batches < 300,

@@ -281,6 +281,45 @@ pub struct StoreStats {
     pub mailbox_entries: u64,
 }
 
+/// Upper bounds (inclusive) of the batch-size histogram buckets of [`BatchStats`].
+pub const BATCH_BUCKET_BOUNDS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+
+/// Counters of a store's group-commit batches, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchStats {
+    /// Transactions committed or attempted.
+    pub batches: u64,
+    /// Write requests processed.
+    pub writes: u64,
+    /// The largest batch seen.
+    pub largest: u64,
+    /// Batches whose size was at most the matching [`BATCH_BUCKET_BOUNDS`] entry (and
+    /// above the previous one); the last bucket also holds anything larger.
+    pub size_buckets: [u64; 10],
+    /// Batches whose COMMIT failed (every request in them got an error).
+    pub failed_commits: u64,
+}
+
+impl BatchStats {
+    /// Records one batch of `size` requests.
+    pub fn record(&mut self, size: usize, committed: bool) {
+        let size = size as u64;
+        self.batches += 1;
+        self.writes += size;
+        self.largest = self.largest.max(size);
+        let bucket = BATCH_BUCKET_BOUNDS
+            .iter()
+            .position(|bound| size <= *bound)
+            .unwrap_or(BATCH_BUCKET_BOUNDS.len() - 1);
+        if let Some(count) = self.size_buckets.get_mut(bucket) {
+            *count += 1;
+        }
+        if !committed {
+            self.failed_commits += 1;
+        }
+    }
+}
+
 /// A device-link slot id: 128 random bits chosen by the linking devices.
 pub type SlotId = [u8; 16];
 
@@ -412,6 +451,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Store-wide counts (bodies, entries, ...), for tests and metrics.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Group-commit counters, for stores that batch writes (`None` otherwise).
+    fn batch_stats(&self) -> Option<BatchStats> {
+        None
+    }
 }
 
 // The server holds the store as `Arc<dyn Store>`; keep the trait dyn-compatible.

@@ -48,6 +48,8 @@ pub enum ApiError {
     TooLarge,
     /// The path exists but not with this method (405 `method_not_allowed`).
     MethodNotAllowed,
+    /// This server keeps no attachments (503 `attachments_disabled`).
+    AttachmentsDisabled,
     /// A bug or a backend failure (500 `internal`). The detail is logged, never sent.
     Internal(String),
 }
@@ -73,6 +75,7 @@ impl ApiError {
             | Self::SlotInUse => StatusCode::CONFLICT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::AttachmentsDisabled => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +98,7 @@ impl ApiError {
             Self::SlotInUse => "slot_in_use",
             Self::TooLarge => "too_large",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::AttachmentsDisabled => "attachments_disabled",
             Self::Internal(_) => "internal",
         }
     }
@@ -119,6 +123,9 @@ impl ApiError {
             Self::SlotInUse => "this link slot is in use".into(),
             Self::TooLarge => "the request body is too large".into(),
             Self::MethodNotAllowed => "this method is not allowed on this path".into(),
+            Self::AttachmentsDisabled => {
+                "this server does not store attachments: ask its operator to configure a blob directory".into()
+            }
             Self::Internal(_) => "internal server error".into(),
         }
     }

@@ -9,17 +9,21 @@
 //!
 //! The wire protocol is described in `docs/protocol.md`.
 
+mod attachments;
 mod error;
 mod extract;
 mod fanout;
+mod metrics;
 mod routes;
+pub mod tls;
 mod ws;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -30,6 +34,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use error::ApiError;
 pub use fanout::{Fanout, FanoutSubscription, InProcessFanout};
+pub use metrics::Metrics;
 
 /// Tunables of the delivery service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +47,11 @@ pub struct ServerConfig {
     pub link_slot_ttl_secs: u64,
     /// Largest device-link payload (bytes; default 64 KiB).
     pub max_link_payload: usize,
+    /// Where attachment blobs are kept; `None` turns attachments off (503
+    /// `attachments_disabled`).
+    pub blob_dir: Option<PathBuf>,
+    /// Largest attachment blob (bytes; default 100 MiB).
+    pub max_attachment_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +61,8 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             link_slot_ttl_secs: 600,
             max_link_payload: 64 * 1024,
+            blob_dir: None,
+            max_attachment_bytes: 100 * 1024 * 1024,
         }
     }
 }
@@ -116,6 +128,8 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     /// How many WebSocket tasks are running.
     live_sockets: watch::Sender<usize>,
+    metrics: Metrics,
+    started: Instant,
 }
 
 impl AppState {
@@ -136,6 +150,8 @@ impl AppState {
                 next_socket: AtomicU64::new(1),
                 shutdown: watch::Sender::new(false),
                 live_sockets: watch::Sender::new(0),
+                metrics: Metrics::default(),
+                started: Instant::now(),
             }),
         }
     }
@@ -155,6 +171,21 @@ impl AppState {
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The counters behind `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// WebSocket connections open on this node.
+    pub fn live_sockets(&self) -> usize {
+        *self.inner.live_sockets.borrow()
+    }
+
+    /// Time since this state was built.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
     }
 
     /// Tells background tasks and WebSockets that the server is shutting down.
@@ -182,6 +213,7 @@ impl AppState {
             let _ = old.send(());
         }
         self.inner.live_sockets.send_modify(|n| *n += 1);
+        self.inner.metrics.websocket_opened();
         SocketGuard {
             state: self.clone(),
             device,
@@ -221,6 +253,7 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.config().max_body_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::export))
         .route("/v1/accounts", post(routes::accounts::register))
         .route("/v1/accounts/{username}", get(routes::accounts::lookup))
         .route("/v1/devices", put(routes::accounts::publish_devices))
@@ -241,20 +274,36 @@ pub fn app(state: AppState) -> Router {
                 .get(routes::link::take_slot)
                 .layer(DefaultBodyLimit::max(link_limit)),
         )
+        .route(
+            "/v1/attachments",
+            post(attachments::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/attachments/{id}", get(attachments::download))
         .route("/v1/ws", get(ws::upgrade))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops accepting,
 /// finishes in-flight requests and closes WebSockets with code 1001.
-pub async fn run(
-    listener: tokio::net::TcpListener,
+///
+/// `listener` is a [`tokio::net::TcpListener`] for plain HTTP or a
+/// [`tls::TlsListener`] for HTTPS.
+pub async fn run<L>(
+    listener: L,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let signal_state = state.clone();
     let signal = async move {
         shutdown.await;
@@ -268,7 +317,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Deletes expired mailbox entries, bodies, idempotency records and link slots every
+/// Deletes expired mailbox entries, bodies, idempotency records, link slots and
+/// attachment blobs every
 /// `every`, until the server shuts down.
 pub async fn expire_loop(state: AppState, every: Duration) {
     let mut ticks = tokio::time::interval(every);
@@ -293,6 +343,12 @@ pub async fn expire_loop(state: AppState, every: Duration) {
                 "expired old data"
             ),
             Err(e) => tracing::error!(error = %e, "expiry failed"),
+        }
+        if let Some(dir) = state.config().blob_dir.clone() {
+            match attachments::expire(dir, now, state.config().retention_secs).await {
+                Ok(n) => tracing::debug!(blobs = n, "expired old attachments"),
+                Err(e) => tracing::error!(error = %e, "attachment expiry failed"),
+            }
         }
     }
 }

@@ -136,6 +136,7 @@ async fn serve(
                 if socket.send(Message::Text(text.into())).await.is_err() {
                     break 'conn None;
                 }
+                state.metrics().pushed(1);
             }
             cursor = last;
         }
@@ -158,12 +159,15 @@ async fn serve(
                     awaiting_pong = false;
                     match serde_json::from_str::<ClientFrame>(text.as_str()) {
                         Ok(ClientFrame::Ack { up_to }) => {
-                            if let Err(e) = state.store().ack(device, up_to).await {
-                                if e == StoreError::UnknownDevice {
+                            match state.store().ack(device, up_to).await {
+                                Ok(deleted) => state.metrics().acked(deleted),
+                                Err(StoreError::UnknownDevice) => {
                                     break close(CLOSE_DEVICE_REMOVED, "device removed");
                                 }
-                                tracing::error!(error = %e, "ack failed on a WebSocket");
-                                break close(CLOSE_INTERNAL, "internal error");
+                                Err(e) => {
+                                    tracing::error!(error = %e, "ack failed on a WebSocket");
+                                    break close(CLOSE_INTERNAL, "internal error");
+                                }
                             }
                         }
                         Err(_) => break close(CLOSE_INVALID, "malformed frame: expected {\"type\":\"ack\",\"up_to\":N}"),

@@ -14,6 +14,7 @@ use sotto_server_store::{Accepted, CommitSubmission, MessageSubmission};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Authed, B64};
+use crate::metrics::WriteKind;
 
 /// `POST /v1/groups` body.
 #[derive(Deserialize)]
@@ -163,6 +164,9 @@ pub async fn commit(
             state.clock().now(),
         )
         .await?;
+    state
+        .metrics()
+        .accepted(WriteKind::Commit, false, accepted.delivered.len());
     notify_delivered(&state, &accepted).await;
     tracing::debug!(group = %id, epoch = accepted.epoch, "commit accepted");
     Ok(Json(CommitResponse {
@@ -214,6 +218,11 @@ pub async fn message(
             state.clock().now(),
         )
         .await?;
+    state.metrics().accepted(
+        WriteKind::Message,
+        accepted.duplicate,
+        accepted.delivered.len(),
+    );
     notify_delivered(&state, &accepted).await;
     Ok((
         StatusCode::ACCEPTED,

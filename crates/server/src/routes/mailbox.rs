@@ -68,6 +68,7 @@ pub async fn fetch(
 ) -> Result<Json<FetchResponse>, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let entries = state.store().fetch(caller.device, q.after, limit).await?;
+    state.metrics().fetched(entries.len() as u64);
     Ok(Json(FetchResponse {
         entries: entries.into_iter().map(EntryView::from).collect(),
     }))
@@ -92,5 +93,6 @@ pub async fn ack(
     ApiJson(req): ApiJson<AckRequest>,
 ) -> Result<Json<AckResponse>, ApiError> {
     let deleted = state.store().ack(caller.device, req.up_to).await?;
+    state.metrics().acked(deleted);
     Ok(Json(AckResponse { deleted }))
 }

@@ -2,6 +2,8 @@
 //! hand-built MLS framing (the server only reads framing, never decrypts).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod harness;
+
 use ed25519_dalek::{Signer, SigningKey};
 use sotto_proto::{
     CertificateFields, ConversationId, DeviceCertificate, DeviceId, DeviceList, DeviceListFields,
