@@ -36,8 +36,11 @@ use writer::{Job, WriteJob};
 
 /// How long a connection waits for a lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle read connections kept open.
-const MAX_IDLE_READERS: usize = 4;
+/// Read connections: at most this many reads run at once (others wait their turn), and
+/// as many connections stay open. Opening a connection parses the schema, and a blocking
+/// thread per waiting read only adds context switches, so a small fixed pool is both
+/// cheaper and faster than one connection per concurrent read.
+const READERS: usize = 8;
 
 /// Turns a rusqlite error into [`StoreError::Backend`]. SQLite's messages name tables,
 /// columns and constraints, never the bound values, so no ciphertext or token leaks.
@@ -103,6 +106,7 @@ impl SqliteStore {
             readers: Arc::new(ReaderPool {
                 path,
                 idle: Mutex::new(Vec::new()),
+                permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
             }),
             batch_stats,
         })
@@ -132,7 +136,12 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let pool = Arc::clone(&self.readers);
+        let permit = Arc::clone(&self.readers.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Backend("the read pool is closed".into()))?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = pool.take()?;
             let result = (|| {
                 let tx = conn.unchecked_transaction().or_backend()?;
@@ -174,6 +183,7 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 struct ReaderPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl ReaderPool {
@@ -193,7 +203,7 @@ impl ReaderPool {
 
     fn give_back(&self, conn: Connection) {
         if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE_READERS
+            && idle.len() < READERS
         {
             idle.push(conn);
         }

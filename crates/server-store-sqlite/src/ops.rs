@@ -155,7 +155,8 @@ fn fan_out(
         delivered.push((*id, unsigned(seq)?));
     }
     if delivered.is_empty() {
-        c.execute("DELETE FROM bodies WHERE id = ?1", [body_id])
+        c.prepare_cached("DELETE FROM bodies WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute([body_id]))
             .or_backend()?;
     }
     Ok(delivered)

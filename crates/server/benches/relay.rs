@@ -22,6 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sotto_proto::MessageId;
 use sotto_server::{AppState, InProcessFanout, ServerConfig, SystemClock, run};
+use sotto_server_store::Store;
 use sotto_store_sqlite::SqliteStore;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -145,11 +146,11 @@ struct Counters {
 
 async fn run_pairs(pairs: u8, secs: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("sotto.db")).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("sotto.db")).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = AppState::new(
-        Arc::new(store),
+        store.clone(),
         Arc::new(InProcessFanout::new()),
         Arc::new(SystemClock),
         ServerConfig::default(),
@@ -263,6 +264,7 @@ async fn run_pairs(pairs: u8, secs: u64) {
     }
     let _ = stop.send(());
     let _ = server.await;
+    let batches = store.batch_stats().unwrap_or_default();
 
     let mut l = latencies.lock().await.clone();
     l.sort_unstable();
@@ -283,6 +285,13 @@ async fn run_pairs(pairs: u8, secs: u64) {
         pct(0.90),
         pct(0.99),
         l.last().copied().unwrap_or(0) as f64 / 1000.0,
+    );
+    println!(
+        "           store: {} write requests in {} transactions (mean batch {:.1}, largest {})",
+        batches.writes,
+        batches.batches,
+        batches.writes as f64 / batches.batches.max(1) as f64,
+        batches.largest,
     );
 }
 
