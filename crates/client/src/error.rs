@@ -1,0 +1,82 @@
+//! The SDK's error type: what went wrong, said so that a CLI can print it as one line
+//! and a UI can act on the kind.
+
+use sotto_core::{ConversationError, Refusal};
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// This profile has no account yet.
+    #[error("this profile has no account: run `sotto register USERNAME` first")]
+    NotRegistered,
+    /// This profile already has an account.
+    #[error("this profile already has an account ({0}); use another --home for another account")]
+    AlreadyRegistered(String),
+    /// The user does not exist on the server.
+    #[error("no user named {0} exists on the server")]
+    UnknownUser(String),
+    /// The username is taken.
+    #[error("the username {0} is already taken: pick another")]
+    UsernameTaken(String),
+    /// No conversation matches.
+    #[error("no conversation {0} in this profile: see `sotto conversations`")]
+    UnknownConversation(String),
+    /// The user typed something that cannot be right.
+    #[error("{0}")]
+    Usage(String),
+    /// The server refused the request.
+    #[error("the server refused: {message} ({code})")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The server's stable error code.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server could not be reached or answered something unreadable.
+    #[error("cannot reach the server at {url}: {reason}")]
+    Network {
+        /// The server URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A contact's keys were refused (ghost device, key substitution, rollback).
+    #[error("refused for security: {0}")]
+    Refused(#[from] Refusal),
+    /// A contact's identity key changed since it was pinned.
+    #[error(
+        "{0}'s identity key changed since you last talked: compare safety numbers, then run `sotto trust {0}` to accept the new key"
+    )]
+    IdentityChanged(String),
+    /// The MLS engine refused or failed.
+    #[error("encryption engine: {0}")]
+    Engine(#[from] ConversationError),
+    /// An attachment's ciphertext did not match its digest.
+    #[error("the attachment was tampered with or corrupted (digest mismatch); it was not saved")]
+    AttachmentDigest,
+    /// Local storage failed.
+    #[error("local storage: {0}")]
+    Local(String),
+    /// Linking a device failed.
+    #[error("linking failed: {0}")]
+    Link(String),
+}
+
+impl From<rusqlite::Error> for ClientError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Local(format!("sqlite: {e}"))
+    }
+}
+
+impl ClientError {
+    /// The server's error code, if the server refused.
+    pub fn server_code(&self) -> Option<&str> {
+        match self {
+            Self::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! End to end through the real server: 1:1, groups, membership changes, offline
+//! delivery and de-duplication.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Server, pairs};
+use sotto_client::ClientError;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_one_both_ways() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+
+    let sent = alice.client.send_text("bob", "hello bob").await.unwrap();
+    assert_eq!(bob.texts().await, pairs(&[("alice", "hello bob")]));
+    let conv = sent.conversation.to_string();
+    // bob answers in the same conversation, by username or by id.
+    bob.client.send_text("alice", "hi alice").await.unwrap();
+    bob.client.send_text(&conv, "how are you?").await.unwrap();
+    assert_eq!(
+        alice.texts().await,
+        pairs(&[
+            ("alice", "hi alice"),
+            ("bob", "hi alice"),
+            ("bob", "how are you?")
+        ])[1..]
+            .to_vec()
+    );
+    // Same conversation on both sides, same history.
+    let a: Vec<_> = alice
+        .history(&conv)
+        .into_iter()
+        .map(|m| (m.id, m.text, m.outgoing))
+        .collect();
+    let b: Vec<_> = bob
+        .history(&conv)
+        .into_iter()
+        .map(|m| (m.id, m.text, !m.outgoing))
+        .collect();
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, b);
+    // Nothing more arrives: no duplicates.
+    assert!(alice.texts().await.is_empty());
+    assert!(bob.texts().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_to_an_unknown_user_is_a_clear_error() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let err = alice.client.send_text("nobody", "hi").await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::UnknownUser(ref u) if u == "nobody"),
+        "{err}"
+    );
+    assert!(
+        alice.client.conversations().unwrap().is_empty(),
+        "nothing half-created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_of_four_with_members_added_and_removed() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let dave = server.user("dave").await;
+    let erin = server.user("erin").await;
+
+    let g = alice
+        .client
+        .create_group("club", &["bob".into(), "carol".into(), "dave".into()])
+        .await
+        .unwrap()
+        .to_string();
+    alice.client.send_text(&g, "welcome all").await.unwrap();
+    for u in [&bob, &carol, &dave] {
+        assert_eq!(u.texts().await, pairs(&[("alice", "welcome all")]));
+    }
+    bob.client.send_text(&g, "thanks").await.unwrap();
+    for u in [&alice, &carol, &dave] {
+        assert_eq!(u.texts().await, pairs(&[("bob", "thanks")]));
+    }
+    let members: Vec<String> = carol
+        .client
+        .members(&g)
+        .unwrap()
+        .into_iter()
+        .map(|(u, _)| u.to_string())
+        .collect();
+    assert_eq!(members, ["alice", "bob", "carol", "dave"]);
+
+    // dave is removed: he does not read what follows.
+    carol
+        .client
+        .remove_members(&g, &["dave".into()])
+        .await
+        .unwrap();
+    alice.client.send_text(&g, "after dave left").await.unwrap();
+    assert!(dave.texts().await.is_empty());
+    for u in [&bob, &carol] {
+        assert_eq!(u.texts().await, pairs(&[("alice", "after dave left")]));
+    }
+    let dave_view = dave.client.conversations().unwrap();
+    assert!(!dave_view[0].conversation.active, "dave sees he is out");
+
+    // erin is added: she reads what follows, not what came before.
+    bob.client.add_members(&g, &["erin".into()]).await.unwrap();
+    alice.client.send_text(&g, "hello erin").await.unwrap();
+    assert_eq!(erin.texts().await, pairs(&[("alice", "hello erin")]));
+    let erin_history: Vec<_> = erin
+        .history(&g)
+        .into_iter()
+        .filter_map(|m| m.text)
+        .collect();
+    assert_eq!(erin_history, ["hello erin"]);
+    let members: Vec<String> = alice
+        .client
+        .members(&g)
+        .unwrap()
+        .into_iter()
+        .map(|(u, _)| u.to_string())
+        .collect();
+    assert_eq!(members, ["alice", "bob", "carol", "erin"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_recipient_gets_everything_in_order() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    alice.client.send_text("bob", "first").await.unwrap();
+    assert_eq!(bob.texts().await.len(), 1);
+    // bob is offline for a while.
+    let texts: Vec<String> = (0..20).map(|i| format!("message {i}")).collect();
+    for t in &texts {
+        alice.client.send_text("bob", t).await.unwrap();
+    }
+    let got: Vec<String> = bob.texts().await.into_iter().map(|(_, t)| t).collect();
+    assert_eq!(got, texts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_group_changes_converge_after_retries() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let _carol = server.user("carol").await;
+    let _dave = server.user("dave").await;
+    let g = alice
+        .client
+        .create_group("race", &["bob".into()])
+        .await
+        .unwrap()
+        .to_string();
+    bob.client.sync().await.unwrap();
+
+    // Both commit for the same epoch at the same time; one loses and retries.
+    let (carol, dave) = (vec!["carol".to_owned()], vec!["dave".to_owned()]);
+    let (a, b) = tokio::join!(
+        alice.client.add_members(&g, &carol),
+        bob.client.add_members(&g, &dave),
+    );
+    a.unwrap();
+    b.unwrap();
+    alice.client.sync().await.unwrap();
+    bob.client.sync().await.unwrap();
+    let ma = alice.client.members(&g).unwrap();
+    let mb = bob.client.members(&g).unwrap();
+    assert_eq!(ma, mb);
+    let names: Vec<String> = ma.into_iter().map(|(u, _)| u.to_string()).collect();
+    assert_eq!(names, ["alice", "bob", "carol", "dave"]);
+    // And they can still talk.
+    alice.client.send_text(&g, "we agree").await.unwrap();
+    assert_eq!(bob.texts().await, pairs(&[("alice", "we agree")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safety_numbers_match_and_verify_checks_the_number() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let a = alice.client.safety_number("bob").await.unwrap();
+    let b = bob.client.safety_number("alice").await.unwrap();
+    assert_eq!(a.digits(), b.digits());
+    assert_eq!(a.digits().len(), 60);
+    let mut wrong = a.digits();
+    wrong.replace_range(0..1, if wrong.starts_with('0') { "1" } else { "0" });
+    assert!(!alice.client.verify("bob", &wrong).await.unwrap());
+    assert!(!alice.client.is_verified("bob").unwrap());
+    assert!(alice.client.verify("bob", &a.grouped()).await.unwrap());
+    assert!(alice.client.is_verified("bob").unwrap());
+}
