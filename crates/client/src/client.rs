@@ -15,7 +15,7 @@ use sotto_proto::{ConversationId, DeviceId, MessageId, Username};
 use tokio::sync::broadcast;
 
 use crate::error::ClientError;
-use crate::profile::{Account, Profile, StoredConversation, StoredMessage, Tx, now_secs};
+use crate::profile::{Account, Profile, StoredConversation, StoredMessage, Tx, now_ms};
 use crate::transport::{Entry, Transport};
 
 /// One-time KeyPackages uploaded at registration and on top-up.
@@ -26,7 +26,8 @@ const KEY_PACKAGE_LOW_WATER: u32 = 10;
 const COMMIT_RETRIES: usize = 8;
 
 /// Something the user should see.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
     /// A new message (text or attachment), incoming or sent from another own device.
@@ -180,12 +181,12 @@ impl Client {
             profile: Mutex::new(profile),
             transport: Transport::new(&base)?,
             config: ConversationConfig::default(),
-            clock: Arc::new(now_secs),
+            clock: Arc::new(now_ms),
             events,
         })
     }
 
-    /// Replaces the clock (Unix seconds), for tests of disappearing messages.
+    /// Replaces the clock (Unix milliseconds), for tests of disappearing messages.
     pub fn set_clock(&mut self, clock: Arc<dyn Fn() -> u64 + Send + Sync>) {
         self.clock = clock;
     }
@@ -200,7 +201,12 @@ impl Client {
         self.events.subscribe()
     }
 
+    /// Unix seconds.
     fn now(&self) -> u64 {
+        self.now_ms() / 1000
+    }
+
+    fn now_ms(&self) -> u64 {
         (self.clock)()
     }
 
@@ -434,6 +440,7 @@ impl Client {
 
     async fn add_users(&self, id: ConversationId, users: &[Username]) -> Result<(), ClientError> {
         let account = self.account()?;
+        self.catch_up().await?;
         for _ in 0..COMMIT_RETRIES {
             // Which devices are missing? (Own devices other than this one, all of theirs.)
             let roster = self.read(|tx| Ok(load(tx, id)?.roster()?))?;
@@ -539,7 +546,7 @@ impl Client {
             }
             Err(e) if e.server_code() == Some("stale_epoch") => {
                 self.write(|tx| Ok(load(tx, id)?.discard_commit(&tx.provider())?))?;
-                self.sync().await?;
+                self.catch_up().await?;
                 Ok(false)
             }
             Err(e) => {
@@ -565,6 +572,7 @@ impl Client {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let account = self.account()?;
+        self.catch_up().await?;
         for _ in 0..COMMIT_RETRIES {
             let out = self.write(|tx| {
                 Ok(load(tx, id)?.remove_users(&tx.provider(), &account.device, &users)?)
@@ -578,26 +586,33 @@ impl Client {
         ))
     }
 
-    /// Leaves a conversation: removes this account's devices from it.
+    /// Leaves a conversation this device was removed from (drops it from the active
+    /// list). Leaving a group one is still a member of needs a Remove proposal that
+    /// another member commits (MLS forbids committing one's own removal); that is not
+    /// built yet and is refused with a clear error.
     pub async fn leave(&self, conversation: &str) -> Result<(), ClientError> {
-        let me = self.account()?.username.to_string();
-        self.remove_members(conversation, &[me]).await?;
-        let id = self.resolve_existing(conversation).or_else(|_| {
-            conversation
-                .parse()
-                .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))
-        })?;
-        self.write(|tx| tx.deactivate(id))
+        let id: ConversationId = conversation
+            .parse()
+            .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
+        self.catch_up().await?;
+        match self.read(|tx| tx.conversation(id))? {
+            None => Err(ClientError::UnknownConversation(conversation.to_owned())),
+            Some(c) if !c.active => Ok(()),
+            Some(_) => Err(ClientError::Usage(
+                "leaving a group you are still in is not supported yet: ask a member to remove you (`sotto group remove`)".into(),
+            )),
+        }
     }
 
-    /// The members of a conversation: users and their devices.
-    pub fn members(
+    /// The members of a conversation: users and their devices (after catching up).
+    pub async fn members(
         &self,
         conversation: &str,
     ) -> Result<Vec<(Username, Vec<DeviceId>)>, ClientError> {
         let id: ConversationId = conversation
             .parse()
             .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
+        self.catch_up().await?;
         let roster = self.read(|tx| Ok(load(tx, id)?.roster()?))?;
         Ok(roster.users().into_iter().collect())
     }
@@ -739,15 +754,16 @@ impl Client {
         let account = self.account()?;
         // Catch up first: a message encrypted in an epoch that already ended would not
         // reach members added since.
-        self.sync().await?;
-        let now = self.now();
+        self.catch_up().await?;
+        let now_ms = self.now_ms();
+        let now = now_ms / 1000;
         let message_id = self.read(|tx| {
             let random = rng_bytes::<10>(tx)?;
-            Ok(MessageId::new_v7(now.saturating_mul(1000), &random))
+            Ok(MessageId::new_v7(now_ms, &random))
         })?;
         let envelope = Envelope {
             id: message_id,
-            sent_at_ms: now.saturating_mul(1000),
+            sent_at_ms: now_ms,
             content,
         };
         for attempt in 0..COMMIT_RETRIES {
@@ -779,7 +795,7 @@ impl Client {
                     });
                 }
                 Err(e) if e.server_code() == Some("stale_epoch") => {
-                    self.sync().await?;
+                    self.catch_up().await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -791,10 +807,27 @@ impl Client {
 
     // ----- receiving -----
 
-    /// Fetches and processes everything pending, acks it, and returns the events.
+    /// Fetches and processes everything pending, acks it, and returns the events not
+    /// yet reported (including those of entries processed while sending).
     pub async fn sync(&self) -> Result<Vec<Event>, ClientError> {
+        self.catch_up().await?;
+        let events = self.write(|tx| {
+            tx.take_queued_events()?
+                .iter()
+                .map(|json| {
+                    serde_json::from_str(json)
+                        .map_err(|e| ClientError::Local(format!("a queued event is corrupt: {e}")))
+                })
+                .collect::<Result<Vec<Event>, _>>()
+        })?;
+        Ok(self.emit(events))
+    }
+
+    /// Fetches and processes everything pending and acks it; the events stay queued
+    /// for the next [`Client::sync`].
+    async fn catch_up(&self) -> Result<(), ClientError> {
         let account = self.account()?;
-        let mut all = Vec::new();
+        let mut joined = false;
         loop {
             let cursor = self.read(|tx| tx.counter("cursor"))?;
             let entries = self.transport.fetch(&account.token, cursor).await?;
@@ -802,57 +835,58 @@ impl Client {
                 break;
             };
             for entry in entries {
-                all.extend(self.process_entry(&account, entry)?);
+                joined |= entry.kind == "welcome";
+                self.process_entry(&account, entry)?;
             }
             self.transport.ack(&account.token, last).await?;
         }
         let now = self.now();
         self.write(|tx| tx.delete_expired(now))?;
-        if all.iter().any(|e| matches!(e, Event::Joined { .. })) {
+        if joined {
             self.top_up_key_packages(false).await?;
         }
-        Ok(self.emit(all))
+        Ok(())
     }
 
     /// Processes one mailbox entry in one transaction with the cursor move. An entry
     /// that fails is recorded (with the cursor moved past it) so it cannot wedge the
     /// queue; the failure is returned as an event.
-    pub(crate) fn process_entry(
-        &self,
-        account: &Account,
-        entry: Entry,
-    ) -> Result<Vec<Event>, ClientError> {
+    pub(crate) fn process_entry(&self, account: &Account, entry: Entry) -> Result<(), ClientError> {
         let seq = entry.seq;
         let now = self.now();
         if self.read(|tx| tx.counter("cursor"))? >= seq {
-            return Ok(Vec::new());
+            return Ok(());
         }
+        // The events are queued in the same transaction as the state change, so a
+        // crash can neither lose them nor show them twice.
         let processed = self.write(|tx| {
             let events = handle(tx, &self.config, account, &entry, now)?;
             tx.set_counter("cursor", seq)?;
-            Ok(events)
+            queue(tx, &events)?;
+            Ok(())
         });
         match processed {
-            Ok(events) => Ok(events),
+            Ok(()) => Ok(()),
             Err(ClientError::Local(e)) => Err(ClientError::Local(e)),
             Err(e) => {
                 let reason = e.to_string();
                 let security = security_of(&e);
                 self.write(|tx| {
                     tx.record_failure(seq, Some(entry.group), &reason, now)?;
+                    let mut events = vec![Event::Failed {
+                        seq,
+                        reason: reason.clone(),
+                    }];
                     if let Some(detail) = &security {
                         tx.record_event(Some(entry.group), "security", detail, now)?;
+                        events.push(Event::Security {
+                            conversation: Some(entry.group),
+                            detail: detail.clone(),
+                        });
                     }
+                    queue(tx, &events)?;
                     tx.set_counter("cursor", seq)
-                })?;
-                let mut events = vec![Event::Failed { seq, reason }];
-                if let Some(detail) = security {
-                    events.push(Event::Security {
-                        conversation: Some(entry.group),
-                        detail,
-                    });
-                }
-                Ok(events)
+                })
             }
         }
     }
@@ -924,6 +958,16 @@ impl Client {
 fn parse_message_id(s: &str) -> Result<MessageId, ClientError> {
     s.parse()
         .map_err(|_| ClientError::Usage(format!("{s:?} is not a message id")))
+}
+
+/// Queues events for the next [`Client::sync`], inside the caller's transaction.
+fn queue(tx: &Tx<'_>, events: &[Event]) -> Result<(), ClientError> {
+    for e in events {
+        let json = serde_json::to_string(e)
+            .map_err(|e| ClientError::Local(format!("cannot queue an event: {e}")))?;
+        tx.queue_event(&json)?;
+    }
+    Ok(())
 }
 
 /// Loads a conversation that must exist.

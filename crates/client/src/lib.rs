@@ -15,4 +15,5 @@ pub mod transport;
 
 pub use client::{Client, ConversationSummary, Event, Sent, WhoAmI};
 pub use error::ClientError;
-pub use profile::StoredMessage;
+pub use profile::{StoredConversation, StoredMessage};
+pub use sotto_proto::{ConversationId, DeviceId, MessageId, Username};

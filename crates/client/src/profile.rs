@@ -66,9 +66,8 @@ CREATE TABLE IF NOT EXISTS messages (
     deleted INTEGER NOT NULL DEFAULT 0,
     read INTEGER NOT NULL DEFAULT 0,
     expires_at INTEGER,
-    PRIMARY KEY (conversation, id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS messages_by_time ON messages (conversation, sent_at);
+    UNIQUE (conversation, id)
+);
 CREATE TABLE IF NOT EXISTS reactions (
     conversation BLOB NOT NULL,
     target TEXT NOT NULL,
@@ -82,6 +81,7 @@ CREATE TABLE IF NOT EXISTS failures (
     reason TEXT NOT NULL,
     at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS queued_events (id INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     conversation BLOB,
@@ -179,7 +179,7 @@ pub struct Tx<'t> {
 }
 
 /// A stored message row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredMessage {
     /// The conversation.
     pub conversation: ConversationId,
@@ -250,7 +250,7 @@ impl<'t> Tx<'t> {
         SqlTrust {
             conn: self.tx,
             failure: RefCell::new(None),
-            now: now_secs(),
+            now: now_ms() / 1000,
         }
     }
 
@@ -505,7 +505,7 @@ impl<'t> Tx<'t> {
         Ok(list.pop())
     }
 
-    /// A conversation's messages, oldest first.
+    /// A conversation's messages in the order this device stored them.
     pub fn history(&self, conversation: ConversationId) -> Result<Vec<StoredMessage>, ClientError> {
         self.messages_where("conversation = ?1", params![&conversation.as_bytes()[..]])
     }
@@ -518,7 +518,7 @@ impl<'t> Tx<'t> {
         let sql = format!(
             "SELECT conversation, id, sender, sender_device, outgoing, kind, text, attachment,
                     sent_at, received_at, edited_at, deleted, expires_at
-             FROM messages WHERE {filter} ORDER BY sent_at, received_at, id"
+             FROM messages WHERE {filter} ORDER BY rowid"
         );
         let mut stmt = self.tx.prepare(&sql)?;
         let rows = stmt.query_map(args, |r| {
@@ -662,6 +662,26 @@ impl<'t> Tx<'t> {
         Ok(n as u64)
     }
 
+    /// Queues an event (JSON) for the next report to the user.
+    pub fn queue_event(&self, json: &str) -> Result<(), ClientError> {
+        self.tx
+            .prepare_cached("INSERT INTO queued_events (json) VALUES (?1)")?
+            .execute([json])?;
+        Ok(())
+    }
+
+    /// Takes every queued event, oldest first.
+    pub fn take_queued_events(&self) -> Result<Vec<String>, ClientError> {
+        let mut stmt = self
+            .tx
+            .prepare("SELECT json FROM queued_events ORDER BY id")?;
+        let events = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        self.tx.execute("DELETE FROM queued_events", [])?;
+        Ok(events)
+    }
+
     /// Records a mailbox entry that could not be processed.
     pub fn record_failure(
         &self,
@@ -759,11 +779,11 @@ impl<'t> Tx<'t> {
     }
 }
 
-/// The seconds since the Unix epoch by the system clock.
-pub(crate) fn now_secs() -> u64 {
+/// Milliseconds since the Unix epoch by the system clock.
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// OpenMLS key-value storage in the profile's `mls_kv` table, inside the current

@@ -87,6 +87,7 @@ async fn group_of_four_with_members_added_and_removed() {
     let members: Vec<String> = carol
         .client
         .members(&g)
+        .await
         .unwrap()
         .into_iter()
         .map(|(u, _)| u.to_string())
@@ -120,6 +121,7 @@ async fn group_of_four_with_members_added_and_removed() {
     let members: Vec<String> = alice
         .client
         .members(&g)
+        .await
         .unwrap()
         .into_iter()
         .map(|(u, _)| u.to_string())
@@ -168,8 +170,8 @@ async fn concurrent_group_changes_converge_after_retries() {
     b.unwrap();
     alice.client.sync().await.unwrap();
     bob.client.sync().await.unwrap();
-    let ma = alice.client.members(&g).unwrap();
-    let mb = bob.client.members(&g).unwrap();
+    let ma = alice.client.members(&g).await.unwrap();
+    let mb = bob.client.members(&g).await.unwrap();
     assert_eq!(ma, mb);
     let names: Vec<String> = ma.into_iter().map(|(u, _)| u.to_string()).collect();
     assert_eq!(names, ["alice", "bob", "carol", "dave"]);

@@ -1,0 +1,686 @@
+//! `sotto`: the command-line client. Every command has a `--json` form (one object, or
+//! one object per line for streams, and nothing else on stdout) so scripts and bots can
+//! drive it. All the work is in the `sotto-client` SDK.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use sotto_client::{Client, ClientError, Event, StoredMessage};
+
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  failure (network, server, local storage)
+  2  bad usage (unknown command, missing or invalid argument)
+  3  not found (unknown user, conversation or message)
+  4  safety number mismatch (`verify`)
+  5  refused for security (identity key changed, uncertified device)";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sotto",
+    version,
+    about = "Sotto: end-to-end encrypted messaging from the command line",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    /// Profile directory (one account and device per directory).
+    #[arg(long, env = "SOTTO_HOME", global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Server URL (used when registering; a profile remembers its server).
+    #[arg(
+        long,
+        env = "SOTTO_SERVER",
+        global = true,
+        default_value = "http://127.0.0.1:7480"
+    )]
+    server: String,
+    /// Print JSON (one object per line for streams) and nothing else on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create an account with this device.
+    Register {
+        /// 3-32 characters of a-z, 0-9, '.', '_' or '-'.
+        username: String,
+    },
+    /// Show this profile's username, device id and safety fingerprint.
+    Whoami,
+    /// Send a message to a user (1:1, created on first use) or a conversation id.
+    Send {
+        /// A username or a conversation id.
+        target: String,
+        /// The text.
+        text: String,
+    },
+    /// Process everything pending and print new messages.
+    Receive {
+        /// Keep listening for new messages.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// List conversations.
+    Conversations,
+    /// Show a conversation's stored messages, oldest first.
+    History {
+        /// The conversation id.
+        conversation: String,
+    },
+    /// Group conversations.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Print the safety number with a user (compare it in person or on a call).
+    SafetyNumber {
+        /// The other user.
+        username: String,
+    },
+    /// Mark a user verified if the safety number matches.
+    Verify {
+        /// The other user.
+        username: String,
+        /// The 60 digits (spaces allowed).
+        number: String,
+    },
+    /// React to a message with an emoji.
+    React {
+        /// The conversation id.
+        conversation: String,
+        /// The message id.
+        message: String,
+        /// The emoji.
+        emoji: String,
+        /// Take the reaction back.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Edit one of your messages.
+    Edit {
+        /// The conversation id.
+        conversation: String,
+        /// The message id.
+        message: String,
+        /// The new text.
+        text: String,
+    },
+    /// Delete one of your messages for everyone.
+    Delete {
+        /// The conversation id.
+        conversation: String,
+        /// The message id.
+        message: String,
+    },
+    /// Set a conversation's disappearing-messages timer (e.g. 30s, 5m, 1h, 7d) or `off`.
+    Disappearing {
+        /// The conversation id.
+        conversation: String,
+        /// A duration or `off`.
+        duration: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCommand {
+    /// Create a group.
+    Create {
+        /// The group's name.
+        name: String,
+        /// Members, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+    },
+    /// Add users to a group.
+    Add {
+        /// The conversation id.
+        conversation: String,
+        /// Users to add.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove users from a group.
+    Remove {
+        /// The conversation id.
+        conversation: String,
+        /// Users to remove.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// List a group's members and their devices.
+    Members {
+        /// The conversation id.
+        conversation: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// The conversation id.
+        conversation: String,
+    },
+}
+
+/// An error and the exit code it maps to.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Usage(_)
+            | ClientError::NotRegistered
+            | ClientError::AlreadyRegistered(_) => 2,
+            ClientError::UnknownUser(_) | ClientError::UnknownConversation(_) => 3,
+            ClientError::Refused(_) | ClientError::IdentityChanged(_) => 5,
+            _ => 1,
+        };
+        Self {
+            message: e.to_string(),
+            code,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sotto: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("sotto: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// `--home`, else `$XDG_DATA_HOME/sotto`, else `~/.local/share/sotto`.
+fn home(cli: &Cli) -> Result<PathBuf, Failure> {
+    if let Some(h) = &cli.home {
+        return Ok(h.clone());
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("sotto"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/sotto")),
+        None => Err(Failure {
+            message: "no profile directory: pass --home DIR or set SOTTO_HOME".into(),
+            code: 2,
+        }),
+    }
+}
+
+/// Prints one result: JSON, or the human line.
+fn out(json_mode: bool, value: &Value, human: impl FnOnce() -> String) {
+    if json_mode {
+        println!("{value}");
+    } else {
+        println!("{}", human());
+    }
+}
+
+fn message_json(m: &StoredMessage) -> Value {
+    let mut v = json!({
+        "id": m.id,
+        "conversation": m.conversation.to_string(),
+        "sender": m.sender.to_string(),
+        "sender_device": m.sender_device.to_string(),
+        "outgoing": m.outgoing,
+        "kind": m.kind,
+        "text": m.text,
+        "sent_at": m.sent_at,
+    });
+    if m.edited_at.is_some() {
+        v["edited"] = json!(true);
+    }
+    if m.deleted {
+        v["deleted"] = json!(true);
+    }
+    if let Some(a) = m
+        .attachment
+        .as_deref()
+        .and_then(|a| serde_json::from_str::<Value>(a).ok())
+    {
+        v["attachment"] = json!({"name": a["name"], "size": a["size"], "path": a["path"]});
+    }
+    v
+}
+
+fn message_line(m: &StoredMessage) -> String {
+    let who = if m.outgoing {
+        "me".to_owned()
+    } else {
+        m.sender.to_string()
+    };
+    let body = match (&m.text, m.deleted) {
+        (_, true) => "(deleted)".to_owned(),
+        (Some(t), false) => t.clone(),
+        (None, false) => format!("({} message)", m.kind),
+    };
+    let edited = if m.edited_at.is_some() {
+        " (edited)"
+    } else {
+        ""
+    };
+    format!("[{}] {who}: {body}{edited}  ({})", m.conversation, m.id)
+}
+
+fn event_json(e: &Event) -> Option<Value> {
+    Some(match e {
+        Event::Message(m) => message_json(m),
+        Event::Edited {
+            conversation,
+            id,
+            text,
+        } => {
+            json!({"event": "edited", "conversation": conversation.to_string(), "id": id, "text": text})
+        }
+        Event::Deleted { conversation, id } => {
+            json!({"event": "deleted", "conversation": conversation.to_string(), "id": id})
+        }
+        Event::Reaction {
+            conversation,
+            target,
+            sender,
+            emoji,
+        } => json!({
+            "event": "reaction", "conversation": conversation.to_string(), "target": target,
+            "sender": sender.to_string(), "emoji": emoji,
+        }),
+        Event::Joined { conversation, by } => {
+            json!({"event": "joined", "conversation": conversation.to_string(), "by": by.to_string()})
+        }
+        Event::Members {
+            conversation,
+            added,
+            removed,
+            removed_me,
+        } => json!({
+            "event": "members", "conversation": conversation.to_string(),
+            "added": added.iter().map(|(u, d)| json!({"user": u.to_string(), "device": d.to_string()})).collect::<Vec<_>>(),
+            "removed": removed.iter().map(|(u, d)| json!({"user": u.to_string(), "device": d.to_string()})).collect::<Vec<_>>(),
+            "removed_me": removed_me,
+        }),
+        Event::Timer {
+            conversation,
+            seconds,
+        } => {
+            json!({"event": "disappearing", "conversation": conversation.to_string(), "seconds": seconds})
+        }
+        Event::Security {
+            conversation,
+            detail,
+        } => json!({
+            "event": "security", "conversation": conversation.map(|c| c.to_string()), "detail": detail,
+        }),
+        Event::Failed { seq, reason } => json!({"event": "failed", "seq": seq, "reason": reason}),
+        _ => return None,
+    })
+}
+
+fn event_line(e: &Event) -> Option<String> {
+    Some(match e {
+        Event::Message(m) => message_line(m),
+        Event::Edited {
+            conversation,
+            id,
+            text,
+        } => format!("[{conversation}] edited {id}: {text}"),
+        Event::Deleted { conversation, id } => format!("[{conversation}] deleted {id}"),
+        Event::Reaction {
+            conversation,
+            target,
+            sender,
+            emoji: Some(e),
+        } => {
+            format!("[{conversation}] {sender} reacted {e} to {target}")
+        }
+        Event::Reaction {
+            conversation,
+            target,
+            sender,
+            emoji: None,
+        } => {
+            format!("[{conversation}] {sender} took back a reaction to {target}")
+        }
+        Event::Joined { conversation, by } => format!("[{conversation}] {by} added you"),
+        Event::Members {
+            conversation,
+            added,
+            removed,
+            removed_me,
+        } => {
+            if *removed_me {
+                format!("[{conversation}] you were removed")
+            } else {
+                let names = |l: &[(sotto_client::Username, sotto_client::DeviceId)]| {
+                    l.iter()
+                        .map(|(u, _)| u.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                format!(
+                    "[{conversation}] added: {}; removed: {}",
+                    names(added),
+                    names(removed)
+                )
+            }
+        }
+        Event::Timer {
+            conversation,
+            seconds: Some(s),
+        } => {
+            format!("[{conversation}] messages now disappear after {s} s")
+        }
+        Event::Timer {
+            conversation,
+            seconds: None,
+        } => format!("[{conversation}] disappearing messages off"),
+        Event::Security {
+            conversation,
+            detail,
+        } => match conversation {
+            Some(c) => format!("[{c}] SECURITY: {detail}"),
+            None => format!("SECURITY: {detail}"),
+        },
+        Event::Failed { seq, reason } => format!("could not process entry {seq}: {reason}"),
+        _ => return None,
+    })
+}
+
+fn print_events(json_mode: bool, events: &[Event]) {
+    for e in events {
+        if json_mode {
+            if let Some(v) = event_json(e) {
+                println!("{v}");
+            }
+        } else if let Some(line) = event_line(e) {
+            println!("{line}");
+        }
+    }
+}
+
+/// `30s`, `5m`, `2h`, `7d`, a number of seconds, or `off`.
+fn parse_duration(s: &str) -> Result<Option<u32>, Failure> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let bad = || Failure {
+        message: format!("{s:?} is not a duration: use e.g. 30s, 5m, 1h, 7d or off"),
+        code: 2,
+    };
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u32 = number.parse().map_err(|_| bad())?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(factor) {
+        Some(0) | None => Err(bad()),
+        Some(secs) => Ok(Some(secs)),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let home = home(&cli)?;
+    let client = Client::open(&home, &cli.server)?;
+    let j = cli.json;
+    match cli.command {
+        Command::Register { username } => {
+            let me = client.register(&username).await?;
+            out(
+                j,
+                &json!({"username": me.username.to_string(), "device_id": me.device_id.to_string()}),
+                || {
+                    format!(
+                        "registered {} (device {}) on {}",
+                        me.username, me.device_id, me.server
+                    )
+                },
+            );
+        }
+        Command::Whoami => {
+            let me = client.whoami()?;
+            out(
+                j,
+                &json!({
+                    "username": me.username.to_string(),
+                    "device_id": me.device_id.to_string(),
+                    "fingerprint": me.fingerprint,
+                    "server": me.server,
+                }),
+                || {
+                    format!(
+                        "{} on {}\ndevice {}\nfingerprint {}",
+                        me.username, me.server, me.device_id, me.fingerprint
+                    )
+                },
+            );
+        }
+        Command::Send { target, text } => {
+            let sent = client.send_text(&target, &text).await?;
+            out(
+                j,
+                &json!({"id": sent.id.to_string(), "conversation": sent.conversation.to_string()}),
+                || format!("sent {} in {}", sent.id, sent.conversation),
+            );
+        }
+        Command::Receive { follow } => {
+            let events = client.sync().await?;
+            print_events(j, &events);
+            if follow {
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                    let events = client.sync().await?;
+                    print_events(j, &events);
+                }
+            }
+        }
+        Command::Conversations => {
+            for c in client.conversations()? {
+                let members: Vec<String> = c.members.iter().map(ToString::to_string).collect();
+                let name = c
+                    .conversation
+                    .name
+                    .clone()
+                    .or_else(|| c.conversation.peer.as_ref().map(ToString::to_string));
+                out(
+                    j,
+                    &json!({
+                        "id": c.conversation.id.to_string(),
+                        "kind": c.conversation.kind,
+                        "name": name,
+                        "members": members,
+                        "unread": c.unread,
+                        "active": c.conversation.active,
+                        "disappearing_secs": c.conversation.disappearing_secs,
+                    }),
+                    || {
+                        format!(
+                            "{} {:<6} {:<20} {} unread  [{}]{}",
+                            c.conversation.id,
+                            c.conversation.kind,
+                            name.clone().unwrap_or_default(),
+                            c.unread,
+                            members.join(", "),
+                            if c.conversation.active { "" } else { " (left)" }
+                        )
+                    },
+                );
+            }
+        }
+        Command::History { conversation } => {
+            for m in client.history(&conversation)? {
+                out(j, &message_json(&m), || message_line(&m));
+            }
+        }
+        Command::Group(g) => group(&client, j, g).await?,
+        Command::SafetyNumber { username } => {
+            let n = client.safety_number(&username).await?;
+            out(
+                j,
+                &json!({"username": username, "safety_number": n.digits(), "scannable": n.scannable()}),
+                || n.grouped(),
+            );
+        }
+        Command::Verify { username, number } => {
+            if !client.verify(&username, &number).await? {
+                return Err(Failure {
+                    message: format!(
+                        "the safety number does not match: {username} is NOT verified (check the digits, or someone may be intercepting)"
+                    ),
+                    code: 4,
+                });
+            }
+            out(j, &json!({"username": username, "verified": true}), || {
+                format!("{username} is verified")
+            });
+        }
+        Command::React {
+            conversation,
+            message,
+            emoji,
+            remove,
+        } => {
+            let sent = client
+                .react(&conversation, &message, &emoji, remove)
+                .await?;
+            out(
+                j,
+                &json!({"id": sent.id.to_string(), "conversation": sent.conversation.to_string()}),
+                || "reacted".into(),
+            );
+        }
+        Command::Edit {
+            conversation,
+            message,
+            text,
+        } => {
+            let sent = client.edit(&conversation, &message, &text).await?;
+            out(
+                j,
+                &json!({"id": sent.id.to_string(), "conversation": sent.conversation.to_string()}),
+                || "edited".into(),
+            );
+        }
+        Command::Delete {
+            conversation,
+            message,
+        } => {
+            let sent = client.delete(&conversation, &message).await?;
+            out(
+                j,
+                &json!({"id": sent.id.to_string(), "conversation": sent.conversation.to_string()}),
+                || "deleted for everyone".into(),
+            );
+        }
+        Command::Disappearing {
+            conversation,
+            duration,
+        } => {
+            let secs = parse_duration(&duration)?;
+            client.set_disappearing(&conversation, secs).await?;
+            out(
+                j,
+                &json!({"conversation": conversation, "seconds": secs}),
+                || match secs {
+                    Some(s) => format!("messages now disappear after {s} s"),
+                    None => "disappearing messages off".into(),
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn group(client: &Client, j: bool, command: GroupCommand) -> Result<(), Failure> {
+    match command {
+        GroupCommand::Create { name, members } => {
+            let id = client.create_group(&name, &members).await?;
+            out(j, &json!({"conversation": id.to_string()}), || {
+                format!("created {name}: {id}")
+            });
+        }
+        GroupCommand::Add {
+            conversation,
+            users,
+        } => {
+            client.add_members(&conversation, &users).await?;
+            out(
+                j,
+                &json!({"conversation": conversation, "added": users}),
+                || "added".into(),
+            );
+        }
+        GroupCommand::Remove {
+            conversation,
+            users,
+        } => {
+            client.remove_members(&conversation, &users).await?;
+            out(
+                j,
+                &json!({"conversation": conversation, "removed": users}),
+                || "removed".into(),
+            );
+        }
+        GroupCommand::Members { conversation } => {
+            let members = client.members(&conversation).await?;
+            if j {
+                let list: Vec<Value> = members
+                    .iter()
+                    .map(|(u, ds)| json!({"user": u.to_string(), "devices": ds.iter().map(ToString::to_string).collect::<Vec<_>>()}))
+                    .collect();
+                println!("{}", json!({"conversation": conversation, "members": list}));
+            } else {
+                for (u, ds) in members {
+                    let ds: Vec<String> = ds.iter().map(ToString::to_string).collect();
+                    println!("{u}: {}", ds.join(", "));
+                }
+            }
+        }
+        GroupCommand::Leave { conversation } => {
+            client.leave(&conversation).await?;
+            out(
+                j,
+                &json!({"conversation": conversation, "left": true}),
+                || "left".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("off").ok().flatten(), None);
+        assert_eq!(parse_duration("30s").ok().flatten(), Some(30));
+        assert_eq!(parse_duration("90").ok().flatten(), Some(90));
+        assert_eq!(parse_duration("5m").ok().flatten(), Some(300));
+        assert_eq!(parse_duration("2h").ok().flatten(), Some(7200));
+        assert_eq!(parse_duration("7d").ok().flatten(), Some(604_800));
+        for bad in ["", "0", "5x", "m", "-1s", "99999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Runs the built `sotto` binary against a real server, checking the CLI contract:
+//! command names, `--json` output shapes, stderr messages and exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use sotto_testkit::TestServer;
+
+struct Profile {
+    home: PathBuf,
+    server: String,
+}
+
+impl Profile {
+    fn new(server: &TestServer, name: &str) -> Self {
+        Self {
+            home: server.profile_dir(name),
+            server: server.url().to_owned(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_sotto"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(["--server", &self.server, "--json"])
+            .args(args)
+            .env_remove("SOTTO_HOME")
+            .env_remove("SOTTO_SERVER")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed; parses every stdout line as JSON.
+    fn ok(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "sotto {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l:?}")))
+            .collect()
+    }
+
+    fn one(&self, args: &[&str]) -> Value {
+        let mut lines = self.ok(args);
+        assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+        lines.remove(0)
+    }
+
+    /// Runs a command that must fail with `code`; answers its stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "sotto {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "nothing on stdout on failure");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+        stderr
+    }
+}
+
+fn texts(lines: &[Value]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .filter(|l| l.get("event").is_none())
+        .map(|l| {
+            (
+                l["sender"].as_str().unwrap().to_owned(),
+                l["text"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn exists(p: &Path) -> bool {
+    p.join("profile.db").exists()
+}
+
+#[test]
+fn register_send_receive_history_and_errors() {
+    let server = TestServer::start().unwrap();
+    let alice = Profile::new(&server, "alice");
+    let bob = Profile::new(&server, "bob");
+
+    let me = alice.one(&["register", "alice"]);
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["device_id"].as_str().unwrap().len(), 32);
+    assert!(exists(&alice.home));
+    bob.one(&["register", "bob"]);
+    let who = alice.one(&["whoami"]);
+    assert_eq!(who["device_id"], me["device_id"]);
+    let fingerprint = who["fingerprint"].as_str().unwrap();
+    assert_eq!(
+        fingerprint.chars().filter(char::is_ascii_digit).count(),
+        30,
+        "{fingerprint}"
+    );
+
+    // Registering twice, a taken name, a bad name, a missing user.
+    let err = alice.fails(&["register", "alice2"], 2);
+    assert!(err.contains("already has an account"), "{err}");
+    let carol = Profile::new(&server, "carol");
+    let err = carol.fails(&["register", "alice"], 1);
+    assert!(err.contains("already taken"), "{err}");
+    let err = carol.fails(&["register", "No Spaces"], 2);
+    assert!(err.contains("invalid username"), "{err}");
+    let err = alice.fails(&["send", "nobody", "hi"], 3);
+    assert!(err.contains("no user named nobody"), "{err}");
+    let err = carol.fails(&["whoami"], 2);
+    assert!(err.contains("sotto register"), "{err}");
+
+    let sent = alice.one(&["send", "bob", "hello bob"]);
+    let conversation = sent["conversation"].as_str().unwrap().to_owned();
+    assert!(sent["id"].as_str().unwrap().len() == 36);
+
+    let received = bob.ok(&["receive"]);
+    let messages: Vec<&Value> = received
+        .iter()
+        .filter(|l| l.get("event").is_none())
+        .collect();
+    assert_eq!(messages.len(), 1, "{received:?}");
+    let m = messages[0];
+    for field in [
+        "id",
+        "conversation",
+        "sender",
+        "sender_device",
+        "kind",
+        "text",
+        "sent_at",
+    ] {
+        assert!(m.get(field).is_some(), "receive JSON lacks {field}: {m}");
+    }
+    assert_eq!(m["id"], sent["id"]);
+    assert_eq!(m["conversation"], conversation.as_str());
+    assert_eq!(m["sender"], "alice");
+    assert_eq!(m["sender_device"], me["device_id"]);
+    assert_eq!(m["kind"], "text");
+    assert_eq!(m["text"], "hello bob");
+    // Nothing twice.
+    assert!(texts(&bob.ok(&["receive"])).is_empty());
+
+    bob.one(&["send", &conversation, "hi alice"]);
+    assert_eq!(
+        texts(&alice.ok(&["receive"])),
+        [("bob".to_owned(), "hi alice".to_owned())]
+    );
+
+    let convs = bob.ok(&["conversations"]);
+    assert_eq!(convs.len(), 1);
+    assert_eq!(convs[0]["id"], conversation.as_str());
+    assert_eq!(convs[0]["kind"], "direct");
+    assert_eq!(convs[0]["members"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(convs[0]["unread"], 1);
+
+    let history = alice.ok(&["history", &conversation]);
+    let lines: Vec<(String, String)> = texts(&history);
+    assert_eq!(
+        lines,
+        [
+            ("alice".to_owned(), "hello bob".to_owned()),
+            ("bob".to_owned(), "hi alice".to_owned())
+        ]
+    );
+    assert_eq!(history[0]["outgoing"], true);
+    let err = alice.fails(&["history", "00000000000000000000000000000000"], 3);
+    assert!(err.contains("no conversation"), "{err}");
+
+    // Edit, react, delete, disappearing.
+    let first = history[0]["id"].as_str().unwrap().to_owned();
+    alice.one(&["edit", &conversation, &first, "hello bob (edited)"]);
+    bob.one(&["react", &conversation, &first, "👍"]);
+    let events = bob.ok(&["receive"]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "edited" && e["text"] == "hello bob (edited)"),
+        "{events:?}"
+    );
+    let err = bob.fails(&["edit", &conversation, &first, "not mine"], 2);
+    assert!(err.contains("your own messages"), "{err}");
+    let events = alice.ok(&["receive"]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "reaction" && e["emoji"] == "👍"),
+        "{events:?}"
+    );
+    alice.one(&["delete", &conversation, &first]);
+    bob.ok(&["receive"]);
+    let history = bob.ok(&["history", &conversation]);
+    assert_eq!(history[0]["deleted"], true);
+    assert!(history[0]["text"].is_null());
+    let timer = alice.one(&["disappearing", &conversation, "1h"]);
+    assert_eq!(timer["seconds"], 3600);
+    let err = alice.fails(&["disappearing", &conversation, "soon"], 2);
+    assert!(err.contains("not a duration"), "{err}");
+}
+
+#[test]
+fn groups_and_safety_numbers() {
+    let server = TestServer::start().unwrap();
+    let users: Vec<Profile> = ["alice", "bob", "carol", "dave"]
+        .iter()
+        .map(|n| {
+            let p = Profile::new(&server, n);
+            p.one(&["register", n]);
+            p
+        })
+        .collect();
+    let (alice, bob, carol, dave) = (&users[0], &users[1], &users[2], &users[3]);
+
+    let created = alice.one(&["group", "create", "club", "--members", "bob,carol"]);
+    let g = created["conversation"].as_str().unwrap().to_owned();
+    alice.one(&["send", &g, "welcome"]);
+    for u in [bob, carol] {
+        assert_eq!(
+            texts(&u.ok(&["receive"])),
+            [("alice".to_owned(), "welcome".to_owned())]
+        );
+    }
+    bob.one(&["group", "add", &g, "dave"]);
+    let joined = dave.ok(&["receive"]);
+    assert!(
+        joined
+            .iter()
+            .any(|e| e["event"] == "joined" && e["by"] == "bob"),
+        "{joined:?}"
+    );
+    let members = dave.one(&["group", "members", &g]);
+    let names: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob", "carol", "dave"]);
+    assert_eq!(
+        members["members"][0]["devices"].as_array().unwrap().len(),
+        1
+    );
+    carol.one(&["group", "remove", &g, "dave"]);
+    dave.one(&["group", "leave", &g]).to_string();
+    alice.one(&["send", &g, "without dave"]);
+    assert!(texts(&dave.ok(&["receive"])).is_empty());
+    assert_eq!(
+        texts(&bob.ok(&["receive"])),
+        [("alice".to_owned(), "without dave".to_owned())]
+    );
+
+    // Safety numbers: the same 60 digits on both sides; verify checks them.
+    let a = alice.one(&["safety-number", "bob"]);
+    let b = bob.one(&["safety-number", "alice"]);
+    let digits = a["safety_number"].as_str().unwrap().to_owned();
+    assert_eq!(digits.len(), 60);
+    assert_eq!(a["safety_number"], b["safety_number"]);
+    let mut wrong = digits.clone();
+    wrong.replace_range(59..60, if digits.ends_with('0') { "1" } else { "0" });
+    let err = alice.fails(&["verify", "bob", &wrong], 4);
+    assert!(err.contains("does not match"), "{err}");
+    let ok = alice.one(&["verify", "bob", &digits]);
+    assert_eq!(ok["verified"], true);
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("Exit codes:"), "{help}");
+    for cmd in [
+        "register",
+        "whoami",
+        "send",
+        "receive",
+        "conversations",
+        "history",
+        "group",
+        "safety-number",
+        "verify",
+        "react",
+        "edit",
+        "delete",
+        "disappearing",
+    ] {
+        assert!(help.contains(cmd), "--help lacks {cmd}");
+    }
+}

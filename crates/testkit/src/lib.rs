@@ -1,0 +1,134 @@
+//! A real Sotto server for end-to-end tests: the `sotto-server` library's `run()` on
+//! 127.0.0.1 port 0, over SQLite and blobs in a temporary directory, on its own runtime
+//! thread so that both async tests and plain `#[test]`s driving a CLI binary can use it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sotto_server::{AppState, InProcessFanout, ServerConfig, SystemClock};
+use sotto_store_sqlite::SqliteStore;
+
+/// A running server; stopped (gracefully) when dropped.
+pub struct TestServer {
+    url: String,
+    state: AppState,
+    dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the test server could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the test server could not start: {}", self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl TestServer {
+    /// Starts a server with default settings (attachments on).
+    pub fn start() -> Result<Self, StartError> {
+        let dir = tempfile::tempdir().map_err(|e| StartError(e.to_string()))?;
+        let store = SqliteStore::open(dir.path().join("server.db"))
+            .map_err(|e| StartError(e.to_string()))?;
+        let state = AppState::new(
+            Arc::new(store),
+            Arc::new(InProcessFanout::new()),
+            Arc::new(SystemClock),
+            ServerConfig {
+                blob_dir: Some(dir.path().join("blobs")),
+                ..ServerConfig::default()
+            },
+        );
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run_state = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("sotto-test-server".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let addr = listener.local_addr().map_err(|e| e.to_string());
+                    let _ = ready_tx.send(addr);
+                    let _ = sotto_server::run(listener, run_state, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                });
+            })
+            .map_err(|e| StartError(e.to_string()))?;
+        let addr = ready_rx
+            .recv()
+            .map_err(|e| StartError(e.to_string()))?
+            .map_err(StartError)?;
+        Ok(Self {
+            url: format!("http://{addr}"),
+            state,
+            dir,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The server's state (store, fan-out), for tests that play a malicious server.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A fresh temporary directory under the server's, e.g. for a client profile.
+    pub fn profile_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join("profiles").join(name);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
