@@ -56,14 +56,22 @@ enum Command {
     Send {
         /// A username or a conversation id.
         target: String,
-        /// The text.
-        text: String,
+        /// The text (the caption, with --file).
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
+        /// Send this file as an encrypted attachment.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
     },
-    /// Process everything pending and print new messages.
+    /// Process everything pending and print new messages (attachments are downloaded,
+    /// verified and decrypted).
     Receive {
         /// Keep listening for new messages.
         #[arg(long)]
         follow: bool,
+        /// Where to save attachments [default: the profile's attachments folder].
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
     },
     /// List conversations.
     Conversations,
@@ -251,7 +259,11 @@ fn message_json(m: &StoredMessage) -> Value {
         .as_deref()
         .and_then(|a| serde_json::from_str::<Value>(a).ok())
     {
-        v["attachment"] = json!({"name": a["name"], "size": a["size"], "path": a["path"]});
+        let mut shown = json!({"name": a["name"], "size": a["size"], "path": a["path"]});
+        if a.get("error").is_some() {
+            shown["error"] = a["error"].clone();
+        }
+        v["attachment"] = shown;
     }
     v
 }
@@ -266,6 +278,22 @@ fn message_line(m: &StoredMessage) -> String {
         (_, true) => "(deleted)".to_owned(),
         (Some(t), false) => t.clone(),
         (None, false) => format!("({} message)", m.kind),
+    };
+    let body = match m
+        .attachment
+        .as_deref()
+        .and_then(|a| serde_json::from_str::<Value>(a).ok())
+    {
+        Some(a) => format!(
+            "{body} [file {} ({} bytes){}]",
+            a["name"].as_str().unwrap_or("?"),
+            a["size"],
+            a["path"]
+                .as_str()
+                .map(|p| format!(" saved to {p}"))
+                .unwrap_or_default()
+        ),
+        None => body,
     };
     let edited = if m.edited_at.is_some() {
         " (edited)"
@@ -471,16 +499,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 },
             );
         }
-        Command::Send { target, text } => {
-            let sent = client.send_text(&target, &text).await?;
+        Command::Send { target, text, file } => {
+            let sent = match (&file, &text) {
+                (Some(path), caption) => {
+                    client.send_file(&target, path, caption.as_deref()).await?
+                }
+                (None, Some(text)) => client.send_text(&target, text).await?,
+                (None, None) => {
+                    return Err(Failure {
+                        message: "nothing to send: give a TEXT or --file PATH".into(),
+                        code: 2,
+                    });
+                }
+            };
             out(
                 j,
                 &json!({"id": sent.id.to_string(), "conversation": sent.conversation.to_string()}),
                 || format!("sent {} in {}", sent.id, sent.conversation),
             );
         }
-        Command::Receive { follow } => {
+        Command::Receive { follow, output } => {
             let events = client.sync().await?;
+            let events = save_attachments(&client, events, output.as_deref()).await;
             print_events(j, &events);
             if follow {
                 loop {
@@ -489,6 +529,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                     }
                     let events = client.sync().await?;
+                    let events = save_attachments(&client, events, output.as_deref()).await;
                     print_events(j, &events);
                 }
             }
@@ -608,6 +649,48 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Downloads the attachments of new messages; a file that fails verification is
+/// reported on stderr and in the message's `attachment.error`, never saved.
+async fn save_attachments(
+    client: &Client,
+    events: Vec<Event>,
+    dir: Option<&std::path::Path>,
+) -> Vec<Event> {
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        match event {
+            Event::Message(mut m) if m.attachment.is_some() && !m.outgoing => {
+                match client.save_attachment(m.conversation, &m.id, dir).await {
+                    Ok(path) => {
+                        if let Some(mut a) = m
+                            .attachment
+                            .as_deref()
+                            .and_then(|a| serde_json::from_str::<Value>(a).ok())
+                        {
+                            a["path"] = json!(path.to_string_lossy());
+                            m.attachment = Some(a.to_string());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("sotto: attachment of message {} not saved: {e}", m.id);
+                        if let Some(mut a) = m
+                            .attachment
+                            .as_deref()
+                            .and_then(|a| serde_json::from_str::<Value>(a).ok())
+                        {
+                            a["error"] = json!(e.to_string());
+                            m.attachment = Some(a.to_string());
+                        }
+                    }
+                }
+                out.push(Event::Message(m));
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 async fn group(client: &Client, j: bool, command: GroupCommand) -> Result<(), Failure> {

@@ -203,6 +203,23 @@ fn register_send_receive_history_and_errors() {
     let history = bob.ok(&["history", &conversation]);
     assert_eq!(history[0]["deleted"], true);
     assert!(history[0]["text"].is_null());
+    // A file, saved under --output.
+    let files = tempfile::tempdir().unwrap();
+    let photo = files.path().join("photo.png");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&photo, &bytes).unwrap();
+    let sent = alice.one(&["send", "bob", "--file", photo.to_str().unwrap(), "a photo"]);
+    let out_dir = files.path().join("inbox");
+    let got = bob.ok(&["receive", "--output", out_dir.to_str().unwrap()]);
+    let m = got.iter().find(|l| l["id"] == sent["id"]).unwrap();
+    assert_eq!(m["kind"], "attachment");
+    assert_eq!(m["text"], "a photo");
+    assert_eq!(m["attachment"]["name"], "photo.png");
+    assert_eq!(m["attachment"]["size"], 300_000);
+    let path = m["attachment"]["path"].as_str().unwrap();
+    assert!(path.starts_with(out_dir.to_str().unwrap()), "{path}");
+    assert_eq!(std::fs::read(path).unwrap(), bytes);
+
     let timer = alice.one(&["disappearing", &conversation, "1h"]);
     assert_eq!(timer["seconds"], 3600);
     let err = alice.fails(&["disappearing", &conversation, "soon"], 2);

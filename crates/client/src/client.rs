@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sotto_core::content::{Delete, DisappearingTimer, Edit, Reaction, Text};
+use sotto_core::content::{
+    AttachmentKey, AttachmentPointer, Delete, DisappearingTimer, Edit, Reaction, Text,
+};
 use sotto_core::openmls_traits::OpenMlsProvider as _;
 use sotto_core::openmls_traits::random::OpenMlsRand as _;
 use sotto_core::{
@@ -14,6 +16,7 @@ use sotto_core::{
 use sotto_proto::{ConversationId, DeviceId, MessageId, Username};
 use tokio::sync::broadcast;
 
+use crate::attachment;
 use crate::error::ClientError;
 use crate::profile::{Account, Profile, StoredConversation, StoredMessage, Tx, now_ms};
 use crate::transport::{Entry, Transport};
@@ -668,6 +671,130 @@ impl Client {
         .await
     }
 
+    /// Sends a file: encrypts it under a fresh key, uploads the ciphertext (streamed),
+    /// then sends the pointer, key and digest inside an MLS message.
+    pub async fn send_file(
+        &self,
+        target: &str,
+        path: &Path,
+        caption: Option<&str>,
+    ) -> Result<Sent, ClientError> {
+        let account = self.account()?;
+        let id = self.resolve(target).await?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| ClientError::Usage(format!("{} is not a file", path.display())))?;
+        if !path.is_file() {
+            return Err(ClientError::Usage(format!(
+                "{} is not a readable file",
+                path.display()
+            )));
+        }
+        let key: [u8; 32] = self.read(rng_bytes::<32>)?;
+        let staging = self.home.join("outgoing");
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| ClientError::Local(format!("cannot create {}: {e}", staging.display())))?;
+        let sealed_path = staging.join(format!("{}.sealed", hex(&self.read(rng_bytes::<16>)?)));
+        let result = async {
+            let (input, output) = (path.to_path_buf(), sealed_path.clone());
+            let sealed =
+                tokio::task::spawn_blocking(move || attachment::seal_file(&key, &input, &output))
+                    .await
+                    .map_err(|e| ClientError::Local(format!("encryption task failed: {e}")))??;
+            let blob_id = self
+                .transport
+                .upload_blob(&account.token, &sealed_path)
+                .await?;
+            let pointer = AttachmentPointer {
+                blob_id,
+                key: AttachmentKey::from_bytes(key),
+                digest: sealed.digest,
+                size: sealed.size,
+                media_type: media_type(&name).to_owned(),
+                file_name: Some(name),
+                caption: caption.map(str::to_owned),
+            };
+            self.send_content(id, Content::Attachment(pointer)).await
+        }
+        .await;
+        let _ = std::fs::remove_file(&sealed_path);
+        result
+    }
+
+    /// Downloads, verifies and decrypts a received attachment into `dir` (default: the
+    /// profile's `attachments` folder); answers the file's path. A digest or tag
+    /// mismatch is [`ClientError::AttachmentDigest`] and leaves no file behind.
+    pub async fn save_attachment(
+        &self,
+        conversation: ConversationId,
+        message_id: &str,
+        dir: Option<&Path>,
+    ) -> Result<PathBuf, ClientError> {
+        let account = self.account()?;
+        let message = self
+            .read(|tx| tx.message(conversation, message_id))?
+            .ok_or_else(|| {
+                ClientError::Usage(format!("no message {message_id} in this conversation"))
+            })?;
+        let meta: serde_json::Value = message
+            .attachment
+            .as_deref()
+            .and_then(|a| serde_json::from_str(a).ok())
+            .ok_or_else(|| ClientError::Usage(format!("message {message_id} has no attachment")))?;
+        let field = |k: &str| meta[k].as_str().map(str::to_owned);
+        let corrupt = || ClientError::Local("a stored attachment pointer is corrupt".into());
+        let blob_id = field("blob_id").ok_or_else(corrupt)?;
+        let key: [u8; 32] = field("key")
+            .and_then(|k| sotto_proto::b64::decode(&k).ok())
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(corrupt)?;
+        let digest: [u8; 32] = field("digest")
+            .and_then(|k| sotto_proto::b64::decode(&k).ok())
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(corrupt)?;
+        let size = meta["size"].as_u64().ok_or_else(corrupt)?;
+        // Only the last path component of the sender's name, never a path.
+        let name = field("name")
+            .and_then(|n| {
+                Path::new(&n)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+            })
+            .filter(|n| !n.starts_with('.'))
+            .unwrap_or_else(|| format!("attachment-{message_id}"));
+        let dir = dir.map_or_else(|| self.home.join("attachments"), Path::to_path_buf);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ClientError::Local(format!("cannot create {}: {e}", dir.display())))?;
+        let target = unused_path(&dir, &name);
+        let sealed = self.home.join("incoming");
+        std::fs::create_dir_all(&sealed)
+            .map_err(|e| ClientError::Local(format!("cannot create {}: {e}", sealed.display())))?;
+        let sealed = sealed.join(format!("{blob_id}.sealed"));
+        let result = async {
+            self.transport
+                .download_blob(&account.token, &blob_id, &sealed)
+                .await?;
+            let (input, output) = (sealed.clone(), target.clone());
+            tokio::task::spawn_blocking(move || {
+                if attachment::digest_file(&input)? != digest {
+                    return Err(ClientError::AttachmentDigest);
+                }
+                attachment::open_file(&key, &input, &output, size)
+            })
+            .await
+            .map_err(|e| ClientError::Local(format!("decryption task failed: {e}")))?
+        }
+        .await;
+        let _ = std::fs::remove_file(&sealed);
+        result?;
+        let mut meta = meta;
+        meta["path"] = serde_json::json!(target.to_string_lossy());
+        let json = meta.to_string();
+        self.write(|tx| tx.set_attachment(conversation, message_id, &json))?;
+        Ok(target)
+    }
+
     /// Reacts to a message (`remove` takes the reaction back).
     pub async fn react(
         &self,
@@ -952,6 +1079,42 @@ impl Client {
         let user = Username::parse(username)
             .map_err(|e| ClientError::Usage(format!("invalid username: {e}")))?;
         Ok(self.read(|tx| tx.contact(&user))?.is_some_and(|(_, v)| v))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `dir/name`, or `dir/name (2)` etc. if taken.
+fn unused_path(dir: &Path, name: &str) -> PathBuf {
+    let first = dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (2..)
+        .map(|i| dir.join(format!("{name} ({i})")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+/// A media type from the file extension (the receiver only uses it as a hint).
+fn media_type(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "mp4" => "video/mp4",
+        "mp3" => "audio/mpeg",
+        "ogg" => "audio/ogg",
+        _ => "application/octet-stream",
     }
 }
 

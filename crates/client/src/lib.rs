@@ -8,6 +8,7 @@
 //! entry in order (Welcome, commit, application message), persists, then acks; an
 //! entry that cannot be processed is recorded and acked so it cannot wedge the queue.
 
+pub mod attachment;
 mod client;
 mod error;
 pub mod profile;

@@ -574,6 +574,20 @@ impl<'t> Tx<'t> {
         .collect()
     }
 
+    /// Replaces a message's attachment JSON (e.g. to record where it was saved).
+    pub fn set_attachment(
+        &self,
+        conversation: ConversationId,
+        id: &str,
+        json: &str,
+    ) -> Result<(), ClientError> {
+        self.tx.execute(
+            "UPDATE messages SET attachment = ?3 WHERE conversation = ?1 AND id = ?2",
+            params![&conversation.as_bytes()[..], id, json],
+        )?;
+        Ok(())
+    }
+
     /// Replaces a message's text if `sender` sent it; `false` otherwise.
     pub fn edit_message(
         &self,

@@ -434,14 +434,27 @@ impl Transport {
         Ok(Some(bytes.to_vec()))
     }
 
-    /// `POST /v1/attachments`: uploads ciphertext; answers the blob id.
-    pub async fn upload_blob(&self, token: &str, blob: Vec<u8>) -> Result<String, ClientError> {
+    /// `POST /v1/attachments`: streams the ciphertext file up; answers the blob id.
+    pub async fn upload_blob(
+        &self,
+        token: &str,
+        path: &std::path::Path,
+    ) -> Result<String, ClientError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Local(format!("cannot open {}: {e}", path.display())))?;
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| ClientError::Local(format!("cannot read {}: {e}", path.display())))?
+            .len();
         let resp = self
             .http
             .post(format!("{}/v1/attachments", self.base))
             .bearer_auth(token)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(blob)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::from(file))
             .send()
             .await
             .map_err(|e| self.network(&e))?;
@@ -449,9 +462,15 @@ impl Transport {
         Ok(answer.id)
     }
 
-    /// `GET /v1/attachments/{id}`.
-    pub async fn download_blob(&self, token: &str, id: &str) -> Result<Vec<u8>, ClientError> {
-        let resp = self
+    /// `GET /v1/attachments/{id}`: streams the blob into `path`.
+    pub async fn download_blob(
+        &self,
+        token: &str,
+        id: &str,
+        path: &std::path::Path,
+    ) -> Result<(), ClientError> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut resp = self
             .http
             .get(format!("{}/v1/attachments/{id}", self.base))
             .bearer_auth(token)
@@ -459,12 +478,19 @@ impl Transport {
             .await
             .map_err(|e| self.network(&e))?;
         if !resp.status().is_success() {
-            let _: Value = self.answer(resp).await?;
-            return Err(ClientError::Local(
-                "unreachable: error answer parsed as success".into(),
-            ));
+            return match self.answer::<Value>(resp).await {
+                Err(e) => Err(e),
+                Ok(_) => Err(ClientError::Local(
+                    "the server answered a download with no body".into(),
+                )),
+            };
         }
-        let bytes = resp.bytes().await.map_err(|e| self.network(&e))?;
-        Ok(bytes.to_vec())
+        let local =
+            |e: std::io::Error| ClientError::Local(format!("cannot write {}: {e}", path.display()));
+        let mut file = tokio::fs::File::create(path).await.map_err(local)?;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.network(&e))? {
+            file.write_all(&chunk).await.map_err(local)?;
+        }
+        file.sync_all().await.map_err(local)
     }
 }

@@ -196,3 +196,66 @@ async fn safety_numbers_match_and_verify_checks_the_number() {
     assert!(alice.client.verify("bob", &a.grouped()).await.unwrap());
     assert!(alice.client.is_verified("bob").unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disappearing_messages_are_deleted_locally_when_their_time_is_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let server = Server::start().await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let now = Arc::new(AtomicU64::new(1_900_000_000_000));
+    for u in [&mut alice, &mut bob] {
+        let clock = now.clone();
+        u.client
+            .set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    }
+    let sent = alice
+        .client
+        .send_text("bob", "before the timer")
+        .await
+        .unwrap();
+    let conv = sent.conversation.to_string();
+    alice
+        .client
+        .set_disappearing(&conv, Some(60))
+        .await
+        .unwrap();
+    alice
+        .client
+        .send_text(&conv, "gone in a minute")
+        .await
+        .unwrap();
+    let events = bob.client.sync().await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            sotto_client::Event::Timer {
+                seconds: Some(60),
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    let texts = |u: &common::User| -> Vec<String> {
+        u.history(&conv)
+            .into_iter()
+            .filter_map(|m| m.text)
+            .collect()
+    };
+    assert_eq!(texts(&bob), ["before the timer", "gone in a minute"]);
+
+    now.fetch_add(59_000, Ordering::SeqCst);
+    assert_eq!(texts(&bob).len(), 2, "not yet");
+    now.fetch_add(2_000, Ordering::SeqCst);
+    assert_eq!(texts(&bob), ["before the timer"]);
+    assert_eq!(texts(&alice), ["before the timer"]);
+
+    // Turned off: new messages stay.
+    bob.client.set_disappearing(&conv, None).await.unwrap();
+    bob.client.send_text(&conv, "kept").await.unwrap();
+    alice.client.sync().await.unwrap();
+    now.fetch_add(3_600_000, Ordering::SeqCst);
+    assert_eq!(texts(&alice), ["before the timer", "kept"]);
+}
