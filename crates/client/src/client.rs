@@ -403,10 +403,23 @@ impl Client {
             Conversation::create(&tx.provider(), &account.device, id, &self.config)?;
             tx.put_conversation(&row, now)
         })?;
-        self.transport.create_group(&account.token, id).await?;
         let mut everyone = wanted;
         everyone.push(me);
-        self.add_users(id, &everyone).await?;
+        let added = match self.transport.create_group(&account.token, id).await {
+            Ok(()) => self.add_users(id, &everyone).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = added {
+            // Do not keep a conversation nobody else can read: the next send to this
+            // user must try again from scratch, not post into an empty group.
+            self.write(|tx| {
+                if let Some(conv) = Conversation::load(&tx.provider(), id)? {
+                    conv.delete(&tx.provider())?;
+                }
+                tx.delete_conversation(id)
+            })?;
+            return Err(e);
+        }
         Ok(id)
     }
 
@@ -461,9 +474,13 @@ impl Client {
                     continue;
                 }
                 let claimed = self.transport.claim(&account.token, u).await?;
+                // Everything claimed goes to the engine, which checks each KeyPackage
+                // against the signed device list and the pinned identity key: a device
+                // the server slipped in is refused and reported, never silently
+                // dropped. Only devices already in the group are skipped.
                 let key_packages = claimed
                     .into_iter()
-                    .filter(|(d, _)| missing.contains(d))
+                    .filter(|(d, _)| !roster.contains(*d))
                     .map(|(_, kp)| kp)
                     .collect::<Vec<_>>();
                 if key_packages.is_empty() {

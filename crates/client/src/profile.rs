@@ -363,6 +363,18 @@ impl<'t> Tx<'t> {
         Ok(())
     }
 
+    /// Forgets a conversation and its messages.
+    pub fn delete_conversation(&self, id: ConversationId) -> Result<(), ClientError> {
+        let key = &id.as_bytes()[..];
+        self.tx
+            .execute("DELETE FROM messages WHERE conversation = ?1", [key])?;
+        self.tx
+            .execute("DELETE FROM reactions WHERE conversation = ?1", [key])?;
+        self.tx
+            .execute("DELETE FROM conversations WHERE id = ?1", [key])?;
+        Ok(())
+    }
+
     /// Marks a conversation inactive (left or removed).
     pub fn deactivate(&self, id: ConversationId) -> Result<(), ClientError> {
         self.tx.execute(

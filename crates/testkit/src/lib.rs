@@ -2,8 +2,13 @@
 //! 127.0.0.1 port 0, over SQLite and blobs in a temporary directory, on its own runtime
 //! thread so that both async tests and plain `#[test]`s driving a CLI binary can use it.
 
+mod lying;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub use lying::LyingStore;
+use sotto_server_store::Store;
 
 use sotto_server::{AppState, InProcessFanout, ServerConfig, SystemClock};
 use sotto_store_sqlite::SqliteStore;
@@ -40,11 +45,30 @@ impl std::error::Error for StartError {}
 impl TestServer {
     /// Starts a server with default settings (attachments on).
     pub fn start() -> Result<Self, StartError> {
+        Self::start_with(|store| store)
+    }
+
+    /// Starts a server whose store lies when told to (see [`LyingStore`]).
+    pub fn start_lying() -> Result<(Self, Arc<LyingStore>), StartError> {
+        let mut lying = None;
+        let server = Self::start_with(|store| {
+            let l = Arc::new(LyingStore::new(store));
+            lying = Some(Arc::clone(&l));
+            l
+        })?;
+        let lying = lying.ok_or_else(|| StartError("the store was not wrapped".into()))?;
+        Ok((server, lying))
+    }
+
+    /// Starts a server over the SQLite store as `wrap` returns it.
+    pub fn start_with(
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> Result<Self, StartError> {
         let dir = tempfile::tempdir().map_err(|e| StartError(e.to_string()))?;
         let store = SqliteStore::open(dir.path().join("server.db"))
             .map_err(|e| StartError(e.to_string()))?;
         let state = AppState::new(
-            Arc::new(store),
+            wrap(Arc::new(store)),
             Arc::new(InProcessFanout::new()),
             Arc::new(SystemClock),
             ServerConfig {

@@ -1,0 +1,144 @@
+//! A lying server: key substitution and ghost devices are refused and reported.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use sotto_client::{Client, ClientError};
+use sotto_core::storage::{MemoryStorage, SottoProvider};
+use sotto_core::{ConversationConfig, IdentityKeyPair, LocalDevice, generate_key_packages};
+use sotto_proto::{DeviceList, Username};
+use sotto_server_store::{Account, DeviceRecord};
+use sotto_testkit::TestServer;
+
+/// Someone (the server operator, say) who holds another identity key and makes
+/// devices that claim to be `username`'s.
+struct Impostor {
+    identity: IdentityKeyPair,
+    device: LocalDevice,
+    provider: SottoProvider<MemoryStorage>,
+}
+
+impl Impostor {
+    fn new(username: &str) -> Self {
+        let provider = SottoProvider::<MemoryStorage>::default();
+        let identity =
+            IdentityKeyPair::generate(sotto_core::openmls_traits::OpenMlsProvider::rand(&provider))
+                .unwrap();
+        let device = LocalDevice::create(
+            sotto_core::openmls_traits::OpenMlsProvider::rand(&provider),
+            &identity,
+            &Username::parse(username).unwrap(),
+            1_700_000_000,
+        )
+        .unwrap();
+        Self {
+            identity,
+            device,
+            provider,
+        }
+    }
+
+    fn key_package(&self) -> Vec<u8> {
+        generate_key_packages(
+            &self.provider,
+            &self.device,
+            &ConversationConfig::default(),
+            1,
+        )
+        .unwrap()
+        .one_time
+        .remove(0)
+    }
+
+    fn device_list(&self, username: &str) -> DeviceList {
+        self.identity.sign_device_list(
+            &Username::parse(username).unwrap(),
+            99,
+            vec![self.device.certificate().clone()],
+        )
+    }
+}
+
+async fn user(server: &TestServer, name: &str) -> (Client, tempfile::TempDir) {
+    let home = tempfile::tempdir().unwrap();
+    let client = Client::open(home.path(), server.url()).unwrap();
+    client.register(name).await.unwrap();
+    (client, home)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_substituted_identity_key_for_a_pinned_contact_is_refused_and_reported() {
+    let (server, lying) = TestServer::start_lying().unwrap();
+    let (alice, _a) = user(&server, "alice").await;
+    let (_bob, _b) = user(&server, "bob").await;
+    // alice pins bob's real identity key (e.g. while comparing safety numbers).
+    let before = alice.safety_number("bob").await.unwrap();
+
+    // The server now hands out another key for bob, with a matching device list and
+    // KeyPackage, all correctly signed by that other key.
+    let mallory = Impostor::new("bob");
+    let bob = Username::parse("bob").unwrap();
+    let list = mallory.device_list("bob");
+    lying.lie_about_account(
+        &bob,
+        Account {
+            username: bob.clone(),
+            identity_key: mallory.identity.public(),
+            device_list_bytes: list.to_bytes(),
+            list_version: 99,
+            created_at: 1_700_000_000,
+            last_seen_day: 0,
+            devices: vec![DeviceRecord {
+                device_id: mallory.device.device_id(),
+                certificate_bytes: mallory.device.certificate().to_bytes(),
+                created_at: 1_700_000_000,
+            }],
+        },
+    );
+    lying.lie_about_key_packages(
+        &bob,
+        vec![(mallory.device.device_id(), mallory.key_package())],
+    );
+
+    let err = alice.send_text("bob", "for bob only").await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ClientError::Engine(_) | ClientError::Refused(_)),
+        "{text}"
+    );
+    assert!(text.contains("bob"), "{text}");
+    let events = alice.security_events().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].1.contains("bob"), "{events:?}");
+    // Nothing was created that could carry a message, and the pin is unchanged.
+    assert!(alice.conversations().unwrap().is_empty());
+    assert_eq!(
+        alice.safety_number("bob").await.unwrap().digits(),
+        before.digits()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ghost_device_slipped_into_a_users_key_packages_is_refused_and_reported() {
+    let (server, lying) = TestServer::start_lying().unwrap();
+    let (alice, _a) = user(&server, "alice").await;
+    let (_bob, _b) = user(&server, "bob").await;
+    let bob = Username::parse("bob").unwrap();
+
+    // bob's real KeyPackage plus one for a device certified by another key.
+    let mut claimed = lying.inner().claim_key_packages(&bob).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let ghost = Impostor::new("bob");
+    claimed.push((ghost.device.device_id(), ghost.key_package()));
+    lying.lie_about_key_packages(&bob, claimed);
+
+    let err = alice
+        .create_group("club", &["bob".into()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("bob"), "{err}");
+    let events = alice.security_events().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        alice.conversations().unwrap().is_empty(),
+        "no half-made group"
+    );
+}
