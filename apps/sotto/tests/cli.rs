@@ -317,3 +317,91 @@ fn help_documents_exit_codes() {
         assert!(help.contains(cmd), "--help lacks {cmd}");
     }
 }
+
+/// `receive` is SIGKILLed at random moments while messages arrive; afterwards every
+/// message is in the history exactly once, and no message was ever printed twice.
+#[test]
+fn a_receiver_killed_at_random_points_loses_nothing_and_shows_nothing_twice() {
+    use std::time::Duration;
+
+    let server = TestServer::start().unwrap();
+    let alice = Profile::new(&server, "alice");
+    let bob = Profile::new(&server, "bob");
+    alice.one(&["register", "alice"]);
+    bob.one(&["register", "bob"]);
+    let first = alice.one(&["send", "bob", "message 0"]);
+    let conversation = first["conversation"].as_str().unwrap().to_owned();
+
+    let total = 60;
+    let sender = {
+        let (home, url) = (alice.home.clone(), alice.server.clone());
+        let conversation = conversation.clone();
+        std::thread::spawn(move || {
+            let alice = Profile { home, server: url };
+            for i in 1..total {
+                alice.one(&["send", &conversation, &format!("message {i}")]);
+            }
+        })
+    };
+
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        ^ 0x9e37_79b9_7f4a_7c15;
+    println!("seed {seed}");
+    let mut printed: Vec<String> = Vec::new();
+    let mut kills = 0;
+    while !sender.is_finished() || kills < 15 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = Duration::from_millis((seed >> 33) % 120);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sotto"))
+            .arg("--home")
+            .arg(&bob.home)
+            .args(["--server", &bob.server, "--json", "receive"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        kills += 1;
+        let out = child.wait_with_output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // A line cut by the kill is not a complete message.
+            if let Ok(v) = serde_json::from_str::<Value>(line)
+                && v.get("event").is_none()
+            {
+                printed.push(v["id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    sender.join().unwrap();
+    println!(
+        "{kills} kills, {} messages printed before the last receive",
+        printed.len()
+    );
+    for v in bob.ok(&["receive"]) {
+        if v.get("event").is_none() {
+            printed.push(v["id"].as_str().unwrap().to_owned());
+        }
+    }
+    let mut unique = printed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        printed.len(),
+        "a message was printed twice after {kills} kills"
+    );
+
+    let history: Vec<String> = bob
+        .ok(&["history", &conversation])
+        .into_iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..total).map(|i| format!("message {i}")).collect();
+    assert_eq!(history, expected, "after {kills} kills");
+}
