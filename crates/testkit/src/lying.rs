@@ -12,11 +12,14 @@ use sotto_server_store::{
     MailboxEntry, MessageSubmission, NewAccount, NewDevice, SlotId, Store, StoreError, StoreStats,
 };
 
+/// Claimed KeyPackages: (device, KeyPackage bytes).
+type Claimed = Vec<(DeviceId, Vec<u8>)>;
+
 /// The real store plus the lies to tell.
 pub struct LyingStore {
     inner: Arc<dyn Store>,
     accounts: Mutex<HashMap<Username, Account>>,
-    key_packages: Mutex<HashMap<Username, Vec<(DeviceId, Vec<u8>)>>>,
+    key_packages: Mutex<HashMap<Username, Claimed>>,
 }
 
 impl LyingStore {
