@@ -52,6 +52,14 @@ enum Command {
     },
     /// Show this profile's username, device id and safety fingerprint.
     Whoami,
+    /// Link this (new, empty) profile to an existing account, or approve a new device.
+    #[command(subcommand)]
+    Link(LinkCommand),
+    /// List this account's devices, or remove one.
+    Devices {
+        #[command(subcommand)]
+        command: Option<DevicesCommand>,
+    },
     /// Send a message to a user (1:1, created on first use) or a conversation id.
     Send {
         /// A username or a conversation id.
@@ -129,6 +137,27 @@ enum Command {
         conversation: String,
         /// A duration or `off`.
         duration: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LinkCommand {
+    /// On the new device (a fresh --home): print a one-time link code, wait for
+    /// approval, then print this device's id.
+    Start,
+    /// On an existing device: approve the new device showing CODE.
+    Approve {
+        /// The code `sotto link start` printed.
+        code: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevicesCommand {
+    /// Unlink one of this account's other devices (its access ends at once).
+    Remove {
+        /// The device id (see `sotto devices`).
+        device_id: String,
     },
 }
 
@@ -498,6 +527,52 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     )
                 },
             );
+        }
+        Command::Link(LinkCommand::Start) => {
+            let me = client
+                .link_start(|code| {
+                    if j {
+                        println!("{}", json!({ "code": code }));
+                    } else {
+                        println!("{code}");
+                        eprintln!("On your other device run: sotto link approve {code}");
+                    }
+                })
+                .await?;
+            out(
+                j,
+                &json!({"username": me.username.to_string(), "device_id": me.device_id.to_string()}),
+                || format!("linked as {} (device {})", me.username, me.device_id),
+            );
+        }
+        Command::Link(LinkCommand::Approve { code }) => {
+            let device = client.link_approve(&code).await?;
+            out(j, &json!({"device_id": device.to_string()}), || {
+                format!("linked device {device}")
+            });
+        }
+        Command::Devices { command: None } => {
+            for d in client.devices().await? {
+                out(
+                    j,
+                    &json!({"device_id": d.device_id.to_string(), "created_at": d.created_at, "this_device": d.this_device}),
+                    || {
+                        format!(
+                            "{}{}",
+                            d.device_id,
+                            if d.this_device { "  (this device)" } else { "" }
+                        )
+                    },
+                );
+            }
+        }
+        Command::Devices {
+            command: Some(DevicesCommand::Remove { device_id }),
+        } => {
+            client.remove_device(&device_id).await?;
+            out(j, &json!({"device_id": device_id, "removed": true}), || {
+                format!("removed {device_id}")
+            });
         }
         Command::Send { target, text, file } => {
             let sent = match (&file, &text) {

@@ -405,3 +405,60 @@ fn a_receiver_killed_at_random_points_loses_nothing_and_shows_nothing_twice() {
     let expected: Vec<String> = (0..total).map(|i| format!("message {i}")).collect();
     assert_eq!(history, expected, "after {kills} kills");
 }
+
+#[test]
+fn link_start_prints_a_code_first_and_approve_links_the_device() {
+    use std::io::{BufRead, BufReader};
+
+    let server = TestServer::start().unwrap();
+    let alice = Profile::new(&server, "alice");
+    let laptop = Profile::new(&server, "alice-laptop");
+    let bob = Profile::new(&server, "bob");
+    alice.one(&["register", "alice"]);
+    bob.one(&["register", "bob"]);
+    let conversation = alice.one(&["send", "bob", "hi"])["conversation"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut start = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .arg("--home")
+        .arg(&laptop.home)
+        .args(["--server", &laptop.server, "--json", "link", "start"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(start.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let code = first["code"].as_str().unwrap().to_owned();
+    let approved = alice.one(&["link", "approve", &code]);
+    let linked: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(start.wait().unwrap().success());
+    assert_eq!(linked["username"], "alice");
+    assert_eq!(linked["device_id"], approved["device_id"]);
+
+    let devices = alice.ok(&["devices"]);
+    assert_eq!(devices.len(), 2);
+    laptop.ok(&["receive"]);
+    bob.one(&["send", &conversation, "hello both"]);
+    for p in [&alice, &laptop] {
+        assert_eq!(
+            texts(&p.ok(&["receive"])),
+            [("bob".to_owned(), "hello both".to_owned())]
+        );
+    }
+    let laptop_id = approved["device_id"].as_str().unwrap();
+    let err = alice.fails(
+        &["devices", "remove", "0123456789abcdef0123456789abcdef"],
+        2,
+    );
+    assert!(err.contains("not one of your devices"), "{err}");
+    alice.one(&["devices", "remove", laptop_id]);
+    assert_eq!(alice.ok(&["devices"]).len(), 1);
+    let err = laptop.fails(&["receive"], 1);
+    assert!(
+        err.contains("unauthorized") || err.contains("token"),
+        "{err}"
+    );
+}

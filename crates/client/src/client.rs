@@ -147,10 +147,10 @@ pub struct Sent {
 
 /// An async client for one profile.
 pub struct Client {
-    home: PathBuf,
+    pub(crate) home: PathBuf,
     profile: Mutex<Profile>,
-    transport: Transport,
-    config: ConversationConfig,
+    pub(crate) transport: Transport,
+    pub(crate) config: ConversationConfig,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
     events: broadcast::Sender<Event>,
 }
@@ -164,7 +164,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn rng_bytes<const N: usize>(tx: &Tx<'_>) -> Result<[u8; N], ClientError> {
+pub(crate) fn rng_bytes<const N: usize>(tx: &Tx<'_>) -> Result<[u8; N], ClientError> {
     tx.provider()
         .rand()
         .random_array()
@@ -205,7 +205,7 @@ impl Client {
     }
 
     /// Unix seconds.
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.now_ms() / 1000
     }
 
@@ -219,26 +219,26 @@ impl Client {
             .map_err(|_| ClientError::Local("the profile lock is poisoned".into()))
     }
 
-    fn write<T>(
+    pub(crate) fn write<T>(
         &self,
         work: impl FnOnce(&Tx<'_>) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         self.profile()?.write(work)
     }
 
-    fn read<T>(
+    pub(crate) fn read<T>(
         &self,
         work: impl FnOnce(&Tx<'_>) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         self.profile()?.read(work)
     }
 
-    fn account(&self) -> Result<Account, ClientError> {
+    pub(crate) fn account(&self) -> Result<Account, ClientError> {
         self.read(|tx| tx.account())?
             .ok_or(ClientError::NotRegistered)
     }
 
-    fn emit(&self, events: Vec<Event>) -> Vec<Event> {
+    pub(crate) fn emit(&self, events: Vec<Event>) -> Vec<Event> {
         for e in &events {
             let _ = self.events.send(e.clone());
         }
@@ -325,6 +325,10 @@ impl Client {
         if target.len() == 32
             && let Ok(id) = target.parse::<ConversationId>()
         {
+            if self.read(|tx| tx.conversation(id))?.is_none() {
+                // Perhaps a Welcome for it is still in the mailbox.
+                self.catch_up().await?;
+            }
             return match self.read(|tx| tx.conversation(id))? {
                 Some(_) => Ok(id),
                 None => Err(ClientError::UnknownConversation(target.to_owned())),
@@ -454,7 +458,11 @@ impl Client {
         }
     }
 
-    async fn add_users(&self, id: ConversationId, users: &[Username]) -> Result<(), ClientError> {
+    pub(crate) async fn add_users(
+        &self,
+        id: ConversationId,
+        users: &[Username],
+    ) -> Result<(), ClientError> {
         let account = self.account()?;
         self.catch_up().await?;
         for _ in 0..COMMIT_RETRIES {
@@ -544,7 +552,7 @@ impl Client {
     /// Sends a staged commit. `Ok(true)` when accepted and applied; `Ok(false)` when
     /// another commit won the epoch (the staged one is dropped and pending entries are
     /// applied, so the caller rebuilds and retries).
-    async fn submit_commit(
+    pub(crate) async fn submit_commit(
         &self,
         account: &Account,
         id: ConversationId,
@@ -969,7 +977,7 @@ impl Client {
 
     /// Fetches and processes everything pending and acks it; the events stay queued
     /// for the next [`Client::sync`].
-    async fn catch_up(&self) -> Result<(), ClientError> {
+    pub(crate) async fn catch_up(&self) -> Result<(), ClientError> {
         let account = self.account()?;
         let mut joined = false;
         loop {
@@ -1151,7 +1159,7 @@ fn queue(tx: &Tx<'_>, events: &[Event]) -> Result<(), ClientError> {
 }
 
 /// Loads a conversation that must exist.
-fn load(tx: &Tx<'_>, id: ConversationId) -> Result<Conversation, ClientError> {
+pub(crate) fn load(tx: &Tx<'_>, id: ConversationId) -> Result<Conversation, ClientError> {
     Conversation::load(&tx.provider(), id)?
         .ok_or_else(|| ClientError::UnknownConversation(id.to_string()))
 }

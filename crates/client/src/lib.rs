@@ -10,11 +10,14 @@
 
 pub mod attachment;
 mod client;
+mod devices;
 mod error;
+mod link;
 pub mod profile;
 pub mod transport;
 
 pub use client::{Client, ConversationSummary, Event, Sent, WhoAmI};
+pub use devices::DeviceInfo;
 pub use error::ClientError;
 pub use profile::{StoredConversation, StoredMessage};
 pub use sotto_proto::{ConversationId, DeviceId, MessageId, Username};
