@@ -177,6 +177,10 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         .or_backend()?;
     conn.pragma_update(None, "synchronous", "FULL")
         .or_backend()?;
+    // Deleted rows (acked ciphertext, claimed KeyPackages) are overwritten, not left in
+    // free pages where a copy of the file would still hold them.
+    conn.pragma_update(None, "secure_delete", "ON")
+        .or_backend()?;
     Ok(())
 }
 
