@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, Authed};
 
 /// Where uploads are written before they are complete.
@@ -34,7 +34,7 @@ const TMP_MAX_AGE: Duration = Duration::from_secs(86_400);
 const CHUNK: usize = 64 * 1024;
 
 /// `POST /v1/attachments` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UploadResponse {
     id: String,
     size: u64,
@@ -68,6 +68,14 @@ fn io_error(what: &str, e: &io::Error) -> ApiError {
 
 /// Streams the body into a new blob. 413 `too_large` past the configured limit
 /// (announced by `Content-Length` or discovered while reading).
+#[utoipa::path(
+    post, path = "/v1/attachments", tag = "attachments", security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The client-encrypted blob, streamed"),
+    responses(
+        (status = 201, description = "Durable; its id", body = UploadResponse),
+        (status = 401, description = "unauthorized", body = ErrorBody), (status = 413, description = "too_large", body = ErrorBody), (status = 503, description = "attachments_disabled", body = ErrorBody)
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     _caller: Authed,
@@ -160,6 +168,14 @@ fn expired(uploaded: u64, now: u64, retention_secs: u64) -> bool {
 }
 
 /// `GET /v1/attachments/{id}`: streams the blob.
+#[utoipa::path(
+    get, path = "/v1/attachments/{id}", tag = "attachments", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Blob id, 32 hex digits")),
+    responses(
+        (status = 200, description = "The blob, streamed", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 404, description = "not_found", body = ErrorBody), (status = 503, description = "attachments_disabled", body = ErrorBody)
+    )
+)]
 pub async fn download(
     State(state): State<AppState>,
     _caller: Authed,

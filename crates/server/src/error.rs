@@ -131,6 +131,25 @@ impl ApiError {
     }
 }
 
+/// The JSON body of every error answer (documentation type for the OpenAPI schema;
+/// [`ApiError`]'s `IntoResponse` writes exactly this shape).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// See [`ErrorBody`].
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `stale_epoch`.
+    code: String,
+    /// Human message: what went wrong and what to do.
+    message: String,
+    /// Only with `stale_epoch`: the group's current epoch.
+    #[schema(nullable = false)]
+    current_epoch: Option<u64>,
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code(), self.message())

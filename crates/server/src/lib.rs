@@ -27,10 +27,12 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use sotto_proto::DeviceId;
 use sotto_server_store::Store;
 use tokio::sync::{oneshot, watch};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use fanout::{Fanout, FanoutSubscription, InProcessFanout};
@@ -247,39 +249,119 @@ impl Drop for SocketGuard {
     }
 }
 
-/// The HTTP API as a router (no listener): tests drive it with `oneshot`.
-pub fn app(state: AppState) -> Router {
-    let link_limit = state.config().max_link_payload;
-    let body_limit = state.config().max_body_bytes;
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics::export))
-        .route("/v1/accounts", post(routes::accounts::register))
-        .route("/v1/accounts/{username}", get(routes::accounts::lookup))
-        .route("/v1/devices", put(routes::accounts::publish_devices))
-        .route(
-            "/v1/key-packages",
-            post(routes::key_packages::upload).get(routes::key_packages::status),
-        )
-        .route("/v1/key-packages/claim", post(routes::key_packages::claim))
-        .route("/v1/groups", post(routes::groups::create))
-        .route("/v1/groups/{id}", get(routes::groups::show))
-        .route("/v1/groups/{id}/commits", post(routes::groups::commit))
-        .route("/v1/groups/{id}/messages", post(routes::groups::message))
-        .route("/v1/mailbox", get(routes::mailbox::fetch))
-        .route("/v1/mailbox/ack", post(routes::mailbox::ack))
-        .route(
-            "/v1/link/{slot}",
-            put(routes::link::put_slot)
-                .get(routes::link::take_slot)
+/// The OpenAPI description's fixed parts; the paths come from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Sotto delivery service",
+        description = "Stores and orders MLS ciphertext for end-to-end encrypted conversations; never sees plaintext or keys. See docs/protocol.md for the order of operations and the WebSocket frames.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "accounts", description = "Registration, directory, device lists"),
+        (name = "key-packages", description = "The KeyPackage directory"),
+        (name = "groups", description = "Ordering commits and fanning out messages"),
+        (name = "mailbox", description = "Per-device delivery queues and the push socket"),
+        (name = "link", description = "The device-linking relay"),
+        (name = "attachments", description = "Encrypted blobs"),
+        (name = "operations", description = "Health and metrics")
+    )
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` security scheme the handlers refer to.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A device token: 32 random bytes, base64url without padding",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The server is up", content_type = "text/plain", body = String)))]
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// Every documented endpoint: registering a handler here is what documents it, so
+/// the router and `/openapi.json` cannot drift apart.
+fn api(link_limit: usize) -> OpenApiRouter<AppState> {
+    use routes::{accounts, groups, key_packages, link, mailbox};
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(health))
+        .routes(routes!(metrics::export))
+        .routes(routes!(accounts::register))
+        .routes(routes!(accounts::lookup))
+        .routes(routes!(accounts::publish_devices))
+        .routes(routes!(key_packages::upload, key_packages::status))
+        .routes(routes!(key_packages::claim))
+        .routes(routes!(groups::create))
+        .routes(routes!(groups::show))
+        .routes(routes!(groups::commit))
+        .routes(routes!(groups::message))
+        .routes(routes!(mailbox::fetch))
+        .routes(routes!(mailbox::ack))
+        .merge(
+            OpenApiRouter::default()
+                .routes(routes!(link::put_slot, link::take_slot))
                 .layer(DefaultBodyLimit::max(link_limit)),
         )
-        .route(
-            "/v1/attachments",
-            post(attachments::upload).layer(DefaultBodyLimit::disable()),
+        .merge(
+            // Streamed to disk with its own limit (`max_attachment_bytes`).
+            OpenApiRouter::default()
+                .routes(routes!(attachments::upload))
+                .layer(DefaultBodyLimit::disable()),
         )
-        .route("/v1/attachments/{id}", get(attachments::download))
-        .route("/v1/ws", get(ws::upgrade))
+        .routes(routes!(attachments::download))
+        .routes(routes!(ws::upgrade))
+}
+
+/// The OpenAPI 3 document of the HTTP API (what `GET /openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api(ServerConfig::default().max_link_payload)
+        .split_for_parts()
+        .1
+}
+
+/// The HTTP API as a router (no listener): tests drive it with `oneshot`.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config().max_body_bytes;
+    let (router, doc) = api(state.config().max_link_payload).split_for_parts();
+    let doc: Arc<str> = match doc.to_json() {
+        Ok(json) => json.into(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the OpenAPI document");
+            r#"{"error":{"code":"internal","message":"the API description is unavailable"}}"#.into()
+        }
+    };
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = Arc::clone(&doc);
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                }
+            }),
+        )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

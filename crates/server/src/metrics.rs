@@ -350,6 +350,10 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String))
+)]
 pub async fn export(State(state): State<AppState>) -> Response {
     let store = match state.store().stats().await {
         Ok(stats) => Some(stats),

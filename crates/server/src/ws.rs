@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sotto_proto::{ConversationId, DeviceId};
 use sotto_server_store::{MailboxEntry, StoreError};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiQuery, B64, authenticate, bearer_token};
 use crate::routes::mailbox::kind_name;
 use crate::{AppState, SocketGuard};
@@ -66,6 +66,17 @@ enum ClientFrame {
 }
 
 /// Authenticates (header, or `?token=` for browsers) and upgrades.
+#[utoipa::path(
+    get, path = "/v1/ws", tag = "mailbox", security(("bearer" = [])),
+    params(
+        ("after" = Option<u64>, Query, description = "Resume after this seq (the last acked)"),
+        ("token" = Option<String>, Query, description = "The device token, for clients that cannot set headers")
+    ),
+    responses(
+        (status = 101, description = "WebSocket: the server sends {type: entry, seq, kind, group, body, received_at}; the client sends {type: ack, up_to}"),
+        (status = 400, description = "bad_request (not a WebSocket upgrade)", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody)
+    )
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,

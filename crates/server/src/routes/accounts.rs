@@ -11,20 +11,24 @@ use sotto_proto::{CertError, DeviceId, DeviceList, IdentityPublicKey, Username};
 use sotto_server_store::{NewAccount, NewDevice, StoreError};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, Authed, B64, new_token};
 
 /// `POST /v1/accounts` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RegisterRequest {
+    #[schema(value_type = String)]
     username: Username,
+    #[schema(value_type = String)]
     device_list: DeviceList,
 }
 
 /// `POST /v1/accounts` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RegisterResponse {
+    #[schema(value_type = String)]
     username: Username,
+    #[schema(value_type = String)]
     device_id: DeviceId,
     token: String,
 }
@@ -39,6 +43,14 @@ fn cert_error(e: CertError) -> ApiError {
 }
 
 /// Registers an account with its first device and returns that device's token.
+#[utoipa::path(
+    post, path = "/v1/accounts", tag = "accounts",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered; the token is shown only now", body = RegisterResponse),
+        (status = 400, description = "Malformed body or device list (bad_request)", body = ErrorBody), (status = 403, description = "Device list not signed by its identity key (forbidden)", body = ErrorBody), (status = 409, description = "username_taken or device_exists", body = ErrorBody), (status = 413, description = "too_large", body = ErrorBody), (status = 500, description = "internal", body = ErrorBody)
+    )
+)]
 pub async fn register(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,
@@ -89,14 +101,25 @@ pub async fn register(
 }
 
 /// `GET /v1/accounts/{username}` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AccountResponse {
+    #[schema(value_type = String)]
     username: Username,
+    #[schema(value_type = String)]
     identity_key: IdentityPublicKey,
+    #[schema(value_type = String)]
     device_list: B64,
 }
 
 /// The directory entry of an account: its identity key and signed device list.
+#[utoipa::path(
+    get, path = "/v1/accounts/{username}", tag = "accounts", security(("bearer" = [])),
+    params(("username" = String, Path, description = "The account name")),
+    responses(
+        (status = 200, description = "Identity key and signed device list", body = AccountResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 404, description = "unknown_user", body = ErrorBody)
+    )
+)]
 pub async fn lookup(
     State(state): State<AppState>,
     _caller: Authed,
@@ -115,24 +138,35 @@ pub async fn lookup(
 }
 
 /// `PUT /v1/devices` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct PublishRequest {
+    #[schema(value_type = String)]
     device_list: DeviceList,
 }
 
 /// `PUT /v1/devices` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PublishResponse {
     version: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     new_device_id: Option<DeviceId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     new_device_token: Option<String>,
+    #[schema(value_type = Vec<String>)]
     removed: Vec<DeviceId>,
 }
 
 /// Publishes a new signed device list: registers at most one new device (returning its
 /// token) and removes registered devices the list no longer names.
+#[utoipa::path(
+    put, path = "/v1/devices", tag = "accounts", security(("bearer" = [])),
+    request_body = PublishRequest,
+    responses(
+        (status = 200, description = "Published; a new device gets its token here, removed devices lose theirs", body = PublishResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "forbidden", body = ErrorBody), (status = 409, description = "version_not_increasing or device_exists", body = ErrorBody)
+    )
+)]
 pub async fn publish_devices(
     State(state): State<AppState>,
     caller: Authed,

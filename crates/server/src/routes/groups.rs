@@ -12,24 +12,34 @@ use sotto_proto::{ConversationId, DeviceId, MessageId};
 use sotto_server_store::{Accepted, CommitSubmission, MessageSubmission};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, Authed, B64};
 use crate::metrics::WriteKind;
 
 /// `POST /v1/groups` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateRequest {
+    #[schema(value_type = String)]
     group_id: ConversationId,
 }
 
 /// `POST /v1/groups` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreateResponse {
+    #[schema(value_type = String)]
     group_id: ConversationId,
     epoch: u64,
 }
 
 /// Creates a group whose only member is the caller's device, at epoch 0.
+#[utoipa::path(
+    post, path = "/v1/groups", tag = "groups", security(("bearer" = [])),
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Created at epoch 0 with the caller's device", body = CreateResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 409, description = "group_exists", body = ErrorBody)
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Authed,
@@ -49,13 +59,22 @@ pub async fn create(
 }
 
 /// `GET /v1/groups/{id}` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct GroupResponse {
     epoch: u64,
+    #[schema(value_type = Vec<String>)]
     members: Vec<DeviceId>,
 }
 
 /// The group's epoch and member devices (members only).
+#[utoipa::path(
+    get, path = "/v1/groups/{id}", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Group id, 32 hex digits")),
+    responses(
+        (status = 200, description = "Epoch and member devices", body = GroupResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "not_a_member", body = ErrorBody), (status = 404, description = "unknown_group", body = ErrorBody)
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Authed,
@@ -96,25 +115,38 @@ async fn notify_delivered(state: &AppState, accepted: &Accepted) {
 }
 
 /// `POST /v1/groups/{id}/commits` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CommitRequest {
     epoch: u64,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     added: Vec<DeviceId>,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     removed: Vec<DeviceId>,
+    #[schema(value_type = String)]
     commit: B64,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     welcome: Option<B64>,
 }
 
 /// `POST /v1/groups/{id}/commits` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CommitResponse {
     epoch: u64,
 }
 
 /// Orders a commit: accepted only for the group's current epoch, once.
+#[utoipa::path(
+    post, path = "/v1/groups/{id}/commits", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Group id, 32 hex digits")),
+    request_body = CommitRequest,
+    responses(
+        (status = 200, description = "Accepted atomically; the group's new epoch", body = CommitResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "not_a_member", body = ErrorBody), (status = 404, description = "unknown_group or not_found", body = ErrorBody), (status = 409, description = "stale_epoch (with current_epoch)", body = ErrorBody), (status = 413, description = "too_large", body = ErrorBody)
+    )
+)]
 pub async fn commit(
     State(state): State<AppState>,
     caller: Authed,
@@ -175,19 +207,30 @@ pub async fn commit(
 }
 
 /// `POST /v1/groups/{id}/messages` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct MessageRequest {
+    #[schema(value_type = String)]
     message_id: MessageId,
+    #[schema(value_type = String)]
     body: B64,
 }
 
 /// `POST /v1/groups/{id}/messages` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MessageResponse {
     duplicate: bool,
 }
 
 /// Delivers an application message to every other member device.
+#[utoipa::path(
+    post, path = "/v1/groups/{id}/messages", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Group id, 32 hex digits")),
+    request_body = MessageRequest,
+    responses(
+        (status = 202, description = "Durable and fanned out (or a duplicate of an earlier send)", body = MessageResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "not_a_member", body = ErrorBody), (status = 404, description = "unknown_group", body = ErrorBody), (status = 409, description = "stale_epoch", body = ErrorBody), (status = 413, description = "too_large", body = ErrorBody)
+    )
+)]
 pub async fn message(
     State(state): State<AppState>,
     caller: Authed,

@@ -6,29 +6,39 @@ use serde::{Deserialize, Serialize};
 use sotto_proto::{DeviceId, Username};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, Authed, B64};
 
 /// Most one-time KeyPackages accepted in one upload.
 pub const MAX_UPLOAD: usize = 200;
 
 /// `POST /v1/key-packages` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct UploadRequest {
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     one_time: Vec<B64>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     last_resort: Option<B64>,
 }
 
 /// The caller's KeyPackage counters.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StatusResponse {
     one_time_remaining: u32,
     has_last_resort: bool,
 }
 
 /// Stores the caller's KeyPackages; answers with the new counters.
+#[utoipa::path(
+    post, path = "/v1/key-packages", tag = "key-packages", security(("bearer" = [])),
+    request_body = UploadRequest,
+    responses(
+        (status = 200, description = "Stored; the new counters", body = StatusResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody)
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Authed,
@@ -59,6 +69,13 @@ pub async fn upload(
 }
 
 /// The caller's counters (clients top up when low).
+#[utoipa::path(
+    get, path = "/v1/key-packages", tag = "key-packages", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "KeyPackages left for this device", body = StatusResponse),
+        (status = 401, description = "unauthorized", body = ErrorBody)
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     caller: Authed,
@@ -71,25 +88,36 @@ pub async fn status(
 }
 
 /// `POST /v1/key-packages/claim` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ClaimRequest {
+    #[schema(value_type = String)]
     username: Username,
 }
 
 /// One claimed KeyPackage.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ClaimedKeyPackage {
+    #[schema(value_type = String)]
     device_id: DeviceId,
+    #[schema(value_type = String)]
     key_package: B64,
 }
 
 /// `POST /v1/key-packages/claim` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ClaimResponse {
     key_packages: Vec<ClaimedKeyPackage>,
 }
 
 /// Claims one KeyPackage per device of a user.
+#[utoipa::path(
+    post, path = "/v1/key-packages/claim", tag = "key-packages", security(("bearer" = [])),
+    request_body = ClaimRequest,
+    responses(
+        (status = 200, description = "One KeyPackage per device of the user", body = ClaimResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 404, description = "unknown_user", body = ErrorBody)
+    )
+)]
 pub async fn claim(
     State(state): State<AppState>,
     _caller: Authed,

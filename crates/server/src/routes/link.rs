@@ -5,7 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, body_bytes};
 
 /// Parses a slot id: exactly 32 hex characters.
@@ -24,6 +24,15 @@ fn slot_id(text: &str) -> Result<[u8; 16], ApiError> {
 }
 
 /// Stores a payload in a free slot until the slot's TTL.
+#[utoipa::path(
+    put, path = "/v1/link/{slot}", tag = "link",
+    params(("slot" = String, Path, description = "Slot id, 32 hex digits")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "Opaque (client-encrypted) payload"),
+    responses(
+        (status = 201, description = "Stored until taken or expired"),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 409, description = "slot_in_use", body = ErrorBody), (status = 413, description = "too_large", body = ErrorBody)
+    )
+)]
 pub async fn put_slot(
     State(state): State<AppState>,
     ApiPath(slot): ApiPath<String>,
@@ -49,6 +58,14 @@ pub async fn put_slot(
 }
 
 /// Takes a slot's payload (once).
+#[utoipa::path(
+    get, path = "/v1/link/{slot}", tag = "link",
+    params(("slot" = String, Path, description = "Slot id, 32 hex digits")),
+    responses(
+        (status = 200, description = "The payload; the slot is deleted", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 404, description = "not_found", body = ErrorBody)
+    )
+)]
 pub async fn take_slot(
     State(state): State<AppState>,
     ApiPath(slot): ApiPath<String>,

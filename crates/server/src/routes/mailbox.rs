@@ -7,7 +7,7 @@ use sotto_proto::ConversationId;
 use sotto_server_store::{EntryKind, MailboxEntry};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, Authed, B64};
 
 /// Default page size of a mailbox fetch.
@@ -25,11 +25,14 @@ pub fn kind_name(kind: EntryKind) -> &'static str {
 }
 
 /// One mailbox entry on the wire.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct EntryView {
     seq: u64,
+    #[schema(value_type = String)]
     kind: &'static str,
+    #[schema(value_type = String)]
     group: ConversationId,
+    #[schema(value_type = String)]
     body: B64,
     received_at: u64,
 }
@@ -47,7 +50,7 @@ impl From<MailboxEntry> for EntryView {
 }
 
 /// `GET /v1/mailbox` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct FetchQuery {
     #[serde(default)]
     after: u64,
@@ -55,12 +58,23 @@ pub struct FetchQuery {
 }
 
 /// `GET /v1/mailbox` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct FetchResponse {
     entries: Vec<EntryView>,
 }
 
 /// The caller's entries after `after`, in seq order.
+#[utoipa::path(
+    get, path = "/v1/mailbox", tag = "mailbox", security(("bearer" = [])),
+    params(
+        ("after" = Option<u64>, Query, description = "Return entries with a greater seq (default 0)"),
+        ("limit" = Option<u32>, Query, description = "At most this many (default 100, max 500)")
+    ),
+    responses(
+        (status = 200, description = "Entries in seq order", body = FetchResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody)
+    )
+)]
 pub async fn fetch(
     State(state): State<AppState>,
     caller: Authed,
@@ -75,18 +89,26 @@ pub async fn fetch(
 }
 
 /// `POST /v1/mailbox/ack` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct AckRequest {
     up_to: u64,
 }
 
 /// `POST /v1/mailbox/ack` answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AckResponse {
     deleted: u64,
 }
 
 /// Deletes the caller's entries up to `up_to`.
+#[utoipa::path(
+    post, path = "/v1/mailbox/ack", tag = "mailbox", security(("bearer" = [])),
+    request_body = AckRequest,
+    responses(
+        (status = 200, description = "Entries up to up_to deleted", body = AckResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody)
+    )
+)]
 pub async fn ack(
     State(state): State<AppState>,
     caller: Authed,
