@@ -594,19 +594,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             );
         }
         Command::Receive { follow, output } => {
-            let events = client.sync().await?;
-            let events = save_attachments(&client, events, output.as_deref()).await;
-            print_events(j, &events);
             if follow {
-                loop {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => break,
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                // Real time over the WebSocket until Ctrl-C; attachments are saved and
+                // lines printed as events arrive.
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let listener = client.listen(
+                    move |events| {
+                        let _ = tx.send(events);
+                    },
+                    async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    },
+                );
+                let printer = async {
+                    while let Some(events) = rx.recv().await {
+                        let events = save_attachments(&client, events, output.as_deref()).await;
+                        print_events(j, &events);
                     }
-                    let events = client.sync().await?;
-                    let events = save_attachments(&client, events, output.as_deref()).await;
-                    print_events(j, &events);
-                }
+                };
+                let (listened, ()) = tokio::join!(listener, printer);
+                listened?;
+            } else {
+                let events = client.sync().await?;
+                let events = save_attachments(&client, events, output.as_deref()).await;
+                print_events(j, &events);
             }
         }
         Command::Conversations => {

@@ -462,3 +462,52 @@ fn link_start_prints_a_code_first_and_approve_links_the_device() {
         "{err}"
     );
 }
+
+#[test]
+fn receive_follow_prints_messages_as_they_arrive() {
+    use std::io::{BufRead, BufReader};
+
+    let server = TestServer::start().unwrap();
+    let alice = Profile::new(&server, "alice");
+    let bob = Profile::new(&server, "bob");
+    alice.one(&["register", "alice"]);
+    bob.one(&["register", "bob"]);
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .arg("--home")
+        .arg(&bob.home)
+        .args(["--server", &bob.server, "--json", "receive", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let next_message = || loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("no line within 30 s");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v.get("event").is_none() {
+            return v;
+        }
+    };
+    for i in 0..3 {
+        alice.one(&["send", "bob", &format!("live {i}")]);
+        let m = next_message();
+        assert_eq!(m["text"], format!("live {i}"));
+        assert_eq!(m["sender"], "alice");
+    }
+    // Ctrl-C ends it cleanly.
+    let status = Command::new("kill")
+        .args(["-INT", &follow.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(follow.wait().unwrap().success());
+}

@@ -963,6 +963,11 @@ impl Client {
     /// yet reported (including those of entries processed while sending).
     pub async fn sync(&self) -> Result<Vec<Event>, ClientError> {
         self.catch_up().await?;
+        self.take_events()
+    }
+
+    /// Hands out (once) the events queued by processing.
+    pub(crate) fn take_events(&self) -> Result<Vec<Event>, ClientError> {
         let events = self.write(|tx| {
             tx.take_queued_events()?
                 .iter()

@@ -13,6 +13,7 @@ mod client;
 mod devices;
 mod error;
 mod link;
+mod listen;
 pub mod profile;
 pub mod transport;
 

@@ -259,3 +259,67 @@ async fn disappearing_messages_are_deleted_locally_when_their_time_is_up() {
     now.fetch_add(3_600_000, Ordering::SeqCst);
     assert_eq!(texts(&alice), ["before the timer", "kept"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_delivers_over_the_websocket_as_messages_arrive() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = std::sync::Arc::new(server.user("bob").await);
+    alice
+        .client
+        .send_text("bob", "before listening")
+        .await
+        .unwrap();
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            bob.client
+                .listen(
+                    move |events| {
+                        for e in events {
+                            if let sotto_client::Event::Message(m) = e {
+                                let _ = tx.send(m.text.unwrap_or_default());
+                            }
+                        }
+                    },
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                )
+                .await
+        })
+    };
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+            .await
+            .expect("no message within 30 s")
+            .unwrap()
+    }
+    // The backlog first, then each message as it is sent.
+    assert_eq!(next(&mut rx).await, "before listening");
+    for i in 0..3 {
+        alice
+            .client
+            .send_text("bob", &format!("live {i}"))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut rx).await, format!("live {i}"));
+    }
+    stop_tx.send(()).unwrap();
+    listener.await.unwrap().unwrap();
+    // Everything was acked: a later sync finds nothing new.
+    assert!(bob.texts().await.is_empty());
+    assert_eq!(
+        bob.history(
+            &alice.client.conversations().unwrap()[0]
+                .conversation
+                .id
+                .to_string()
+        )
+        .len(),
+        4
+    );
+}
