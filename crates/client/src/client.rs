@@ -209,7 +209,7 @@ impl Client {
         self.now_ms() / 1000
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         (self.clock)()
     }
 
@@ -434,7 +434,7 @@ impl Client {
         conversation: &str,
         users: &[String],
     ) -> Result<(), ClientError> {
-        let id = self.resolve_existing(conversation)?;
+        let id = self.resolve_existing(conversation).await?;
         let users = users
             .iter()
             .map(|m| {
@@ -445,10 +445,14 @@ impl Client {
         self.add_users(id, &users).await
     }
 
-    fn resolve_existing(&self, conversation: &str) -> Result<ConversationId, ClientError> {
+    async fn resolve_existing(&self, conversation: &str) -> Result<ConversationId, ClientError> {
         let id: ConversationId = conversation
             .parse()
             .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
+        if self.read(|tx| tx.conversation(id))?.is_none() {
+            // Perhaps a Welcome for it is still in the mailbox.
+            self.catch_up().await?;
+        }
         match self.read(|tx| tx.conversation(id))? {
             Some(c) if c.active => Ok(id),
             Some(_) => Err(ClientError::Usage(format!(
@@ -561,15 +565,15 @@ impl Client {
         let result = self.transport.commit(&account.token, id, &out).await;
         match result {
             Ok(_) => {
-                let change = self.write(|tx| {
+                // The event is queued with the state change, like a received commit's.
+                self.write(|tx| {
                     let mut conv = load(tx, id)?;
                     let change = conv.confirm_commit(&tx.provider())?;
                     if change.removed_me {
                         tx.deactivate(id)?;
                     }
-                    Ok(change)
+                    queue(tx, &[members_event(id, &change)])
                 })?;
-                self.emit(vec![members_event(id, &change)]);
                 Ok(true)
             }
             Err(e) if e.server_code() == Some("stale_epoch") => {
@@ -591,7 +595,7 @@ impl Client {
         conversation: &str,
         users: &[String],
     ) -> Result<(), ClientError> {
-        let id = self.resolve_existing(conversation)?;
+        let id = self.resolve_existing(conversation).await?;
         let users = users
             .iter()
             .map(|m| {
@@ -614,22 +618,56 @@ impl Client {
         ))
     }
 
-    /// Leaves a conversation this device was removed from (drops it from the active
-    /// list). Leaving a group one is still a member of needs a Remove proposal that
-    /// another member commits (MLS forbids committing one's own removal); that is not
-    /// built yet and is refused with a clear error.
+    /// Leaves a conversation: proposes the removal of every device of this account
+    /// (MLS lets only another member commit it; their clients do so when they next
+    /// sync) and stops showing the conversation here at once.
     pub async fn leave(&self, conversation: &str) -> Result<(), ClientError> {
+        let account = self.account()?;
         let id: ConversationId = conversation
             .parse()
             .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
         self.catch_up().await?;
         match self.read(|tx| tx.conversation(id))? {
-            None => Err(ClientError::UnknownConversation(conversation.to_owned())),
-            Some(c) if !c.active => Ok(()),
-            Some(_) => Err(ClientError::Usage(
-                "leaving a group you are still in is not supported yet: ask a member to remove you (`sotto group remove`)".into(),
-            )),
+            None => return Err(ClientError::UnknownConversation(conversation.to_owned())),
+            Some(c) if !c.active => return Ok(()),
+            Some(_) => {}
         }
+        let proposals =
+            self.write(|tx| Ok(load(tx, id)?.leave(&tx.provider(), &account.device)?))?;
+        let now_ms = self.now_ms();
+        for (i, proposal) in proposals.iter().enumerate() {
+            let random = self.read(rng_bytes::<10>)?;
+            let message_id = MessageId::new_v7(now_ms + i as u64, &random);
+            self.transport
+                .send(&account.token, id, message_id, proposal)
+                .await?;
+        }
+        self.write(|tx| tx.deactivate(id))
+    }
+
+    /// Commits proposals other members queued (a member leaving), in every
+    /// conversation that has some; retries after losing an epoch race.
+    pub(crate) async fn commit_pending_proposals(&self) -> Result<(), ClientError> {
+        let account = self.account()?;
+        for id in self.read(|tx| tx.pending_proposals())? {
+            for _ in 0..COMMIT_RETRIES {
+                let out = self.write(|tx| {
+                    let Some(mut conv) = Conversation::load(&tx.provider(), id)? else {
+                        return Ok(None);
+                    };
+                    if !conv.is_active() {
+                        return Ok(None);
+                    }
+                    Ok(conv.commit_pending_proposals(&tx.provider(), &account.device)?)
+                })?;
+                let Some(out) = out else { break };
+                if self.submit_commit(&account, id, out).await? {
+                    break;
+                }
+            }
+            self.write(|tx| tx.clear_pending_proposals(id))?;
+        }
+        Ok(())
     }
 
     /// The members of a conversation: users and their devices (after catching up).
@@ -828,7 +866,7 @@ impl Client {
         emoji: &str,
         remove: bool,
     ) -> Result<Sent, ClientError> {
-        let id = self.resolve_existing(conversation)?;
+        let id = self.resolve_existing(conversation).await?;
         let target = parse_message_id(target)?;
         self.send_content(
             id,
@@ -848,7 +886,7 @@ impl Client {
         target: &str,
         text: &str,
     ) -> Result<Sent, ClientError> {
-        let id = self.resolve_existing(conversation)?;
+        let id = self.resolve_existing(conversation).await?;
         let target = parse_message_id(target)?;
         self.ensure_own(id, target)?;
         self.send_content(
@@ -863,7 +901,7 @@ impl Client {
 
     /// Deletes one of this account's messages for everyone.
     pub async fn delete(&self, conversation: &str, target: &str) -> Result<Sent, ClientError> {
-        let id = self.resolve_existing(conversation)?;
+        let id = self.resolve_existing(conversation).await?;
         let target = parse_message_id(target)?;
         self.ensure_own(id, target)?;
         self.send_content(id, Content::Delete(Delete { target }))
@@ -876,7 +914,7 @@ impl Client {
         conversation: &str,
         seconds: Option<u32>,
     ) -> Result<Sent, ClientError> {
-        let id = self.resolve_existing(conversation)?;
+        let id = self.resolve_existing(conversation).await?;
         self.send_content(
             id,
             Content::DisappearingTimer(DisappearingTimer { seconds }),
@@ -963,6 +1001,7 @@ impl Client {
     /// yet reported (including those of entries processed while sending).
     pub async fn sync(&self) -> Result<Vec<Event>, ClientError> {
         self.catch_up().await?;
+        self.commit_pending_proposals().await?;
         self.take_events()
     }
 
@@ -1252,6 +1291,12 @@ fn handle(
             let incoming = conv.process(&tx.provider(), &mut trust, &entry.body);
             trust.finish()?;
             match incoming? {
+                Incoming::Message(_)
+                    if !tx.conversation(entry.group)?.is_some_and(|c| c.active) =>
+                {
+                    // Left here already (waiting for the removal commit): not shown.
+                    Ok(Vec::new())
+                }
                 Incoming::Message(m) => {
                     let outgoing = m.sender.username == account.username;
                     apply_content(
@@ -1264,7 +1309,12 @@ fn handle(
                         now,
                     )
                 }
+                Incoming::Proposal { .. } => {
+                    tx.mark_pending_proposals(entry.group)?;
+                    Ok(Vec::new())
+                }
                 Incoming::Commit { change, .. } => {
+                    tx.clear_pending_proposals(entry.group)?;
                     if change.removed_me {
                         tx.deactivate(entry.group)?;
                     }

@@ -58,6 +58,7 @@ impl Client {
         loop {
             let round = async {
                 self.catch_up().await?;
+                self.commit_pending_proposals().await?;
                 let events = self.emit(self.take_events()?);
                 if !events.is_empty() {
                     on_events(events);
@@ -155,6 +156,12 @@ impl Client {
                     }))
                     .await;
                 return Ended::Fatal(e);
+            }
+            if let Err(e) = self.commit_pending_proposals().await {
+                return match e {
+                    ClientError::Network { .. } => Ended::Retry,
+                    e => Ended::Fatal(e),
+                };
             }
             match self.take_events() {
                 Ok(events) if !events.is_empty() => on_events(self.emit(events)),

@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS failures (
     reason TEXT NOT NULL,
     at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pending_proposals (conversation BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS queued_events (id INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -686,6 +687,33 @@ impl<'t> Tx<'t> {
             [i(now)],
         )?;
         Ok(n as u64)
+    }
+
+    /// Notes that a conversation has proposals waiting for a commit.
+    pub fn mark_pending_proposals(&self, id: ConversationId) -> Result<(), ClientError> {
+        self.tx.execute(
+            "INSERT OR IGNORE INTO pending_proposals (conversation) VALUES (?1)",
+            [&id.as_bytes()[..]],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets that marker.
+    pub fn clear_pending_proposals(&self, id: ConversationId) -> Result<(), ClientError> {
+        self.tx.execute(
+            "DELETE FROM pending_proposals WHERE conversation = ?1",
+            [&id.as_bytes()[..]],
+        )?;
+        Ok(())
+    }
+
+    /// Conversations with proposals waiting for a commit.
+    pub fn pending_proposals(&self) -> Result<Vec<ConversationId>, ClientError> {
+        let mut stmt = self
+            .tx
+            .prepare("SELECT conversation FROM pending_proposals")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|r| conv_id(&r?)).collect()
     }
 
     /// Queues an event (JSON) for the next report to the user.

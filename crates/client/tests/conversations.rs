@@ -323,3 +323,46 @@ async fn listen_delivers_over_the_websocket_as_messages_arrive() {
         4
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaves_and_the_others_commit_the_removal() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let g = alice
+        .client
+        .create_group("trio", &["bob".into(), "carol".into()])
+        .await
+        .unwrap()
+        .to_string();
+    bob.client.sync().await.unwrap();
+    carol.client.sync().await.unwrap();
+
+    carol.client.leave(&g).await.unwrap();
+    assert!(!carol.client.conversations().unwrap()[0].conversation.active);
+    // bob's client commits carol's proposal when it syncs; alice applies that commit.
+    let events = bob.client.sync().await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, sotto_client::Event::Members { removed, .. } if removed.iter().any(|(u, _)| u.as_str() == "carol"))),
+        "{events:?}"
+    );
+    let names = |m: Vec<(sotto_client::Username, Vec<sotto_client::DeviceId>)>| -> Vec<String> {
+        m.into_iter().map(|(u, _)| u.to_string()).collect()
+    };
+    assert_eq!(
+        names(alice.client.members(&g).await.unwrap()),
+        ["alice", "bob"]
+    );
+    assert_eq!(
+        names(bob.client.members(&g).await.unwrap()),
+        ["alice", "bob"]
+    );
+
+    alice.client.send_text(&g, "just us").await.unwrap();
+    assert_eq!(bob.texts().await, pairs(&[("alice", "just us")]));
+    assert!(
+        carol.texts().await.is_empty(),
+        "carol left: she reads nothing more"
+    );
+}

@@ -630,6 +630,63 @@ impl Conversation {
         self.outgoing(commit, welcome)
     }
 
+    /// Leaves: Remove proposals for every device of this account in the group (MLS
+    /// does not let a member commit its own removal; another member commits them, see
+    /// [`Conversation::commit_pending_proposals`]). Answers the proposal messages to
+    /// send, as PrivateMessages.
+    pub fn leave<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        me: &LocalDevice,
+    ) -> Result<Vec<Vec<u8>>, ConversationError> {
+        self.ensure_no_pending_commit()?;
+        let roster = self.roster()?;
+        let mine: Vec<u32> = roster
+            .entries
+            .iter()
+            .filter(|e| &e.username == me.username())
+            .map(|e| e.leaf)
+            .collect();
+        let mut out = Vec::with_capacity(mine.len());
+        for leaf in mine {
+            let (message, _) = self
+                .group
+                .propose_remove_member(provider, me.signer(), LeafNodeIndex::new(leaf))
+                .map_err(mls)?;
+            out.push(message.to_bytes().map_err(mls)?);
+        }
+        Ok(out)
+    }
+
+    /// Commits the queued proposals (for example another member's leave), unless
+    /// there are none or one of them removes this device (it cannot commit its own
+    /// removal; another member will).
+    pub fn commit_pending_proposals<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        me: &LocalDevice,
+    ) -> Result<Option<OutgoingCommit>, ConversationError> {
+        self.ensure_no_pending_commit()?;
+        let own = self.group.own_leaf_index();
+        let mut any = false;
+        for queued in self.group.pending_proposals() {
+            any = true;
+            if let Proposal::Remove(r) = queued.proposal()
+                && r.removed() == own
+            {
+                return Ok(None);
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        let (commit, welcome, _) = self
+            .group
+            .commit_to_pending_proposals(provider, me.signer())
+            .map_err(mls)?;
+        self.outgoing(commit, welcome).map(Some)
+    }
+
     /// Refreshes this device's keys (post-compromise security).
     pub fn self_update<P: OpenMlsProvider>(
         &mut self,
@@ -832,6 +889,7 @@ impl Conversation {
             ProcessedMessageContent::ProposalMessage(proposal) => {
                 let mut pins = PendingPins::default();
                 self.check_proposal(&proposal, sender, trust, &mut pins)?;
+                self.check_standalone_remove(&proposal, sender)?;
                 self.group
                     .store_pending_proposal(provider.storage(), *proposal)
                     .map_err(|e| ConversationError::Corrupt(format!("{e:?}")))?;
@@ -892,6 +950,30 @@ impl Conversation {
                 return Err(self.unsupported("group context extensions proposal"));
             }
             _ => return Err(self.unsupported("custom proposal")),
+        }
+        Ok(())
+    }
+
+    /// A member may propose removing only its own account's devices (leaving), since
+    /// other members' clients commit queued proposals on their own; removing someone
+    /// else takes a commit, whose author everyone sees.
+    fn check_standalone_remove(
+        &self,
+        queued: &QueuedProposal,
+        sender: LeafNodeIndex,
+    ) -> Result<(), ConversationError> {
+        let Proposal::Remove(remove) = queued.proposal() else {
+            return Ok(());
+        };
+        let user_at = |leaf: LeafNodeIndex| -> Result<Username, ConversationError> {
+            let member = self
+                .group
+                .member_at(leaf)
+                .ok_or_else(|| ConversationError::Corrupt("an empty leaf in a proposal".into()))?;
+            Ok(entry_of(leaf, &member.credential)?.username)
+        };
+        if user_at(sender)? != user_at(remove.removed())? {
+            return Err(self.unsupported("a proposal to remove another user"));
         }
         Ok(())
     }

@@ -503,3 +503,55 @@ proptest! {
         prop_assert!(matches!(w.process(bob, conv, &bytes), Ok(Incoming::Message(_))));
     }
 }
+
+/// A member proposes removing another user (other clients commit queued proposals on
+/// their own, so this would be a silent removal): refused. Proposing the removal of its
+/// own devices (leaving) is accepted.
+#[test]
+fn a_proposal_to_remove_another_user_is_refused_but_leaving_is_accepted() {
+    let (mut w, conv, alice, bob, carol) = trio();
+    let carol_leaf = w.devs[&alice].convs[&conv]
+        .roster()
+        .unwrap()
+        .devices()
+        .iter()
+        .find(|e| e.device_id == carol)
+        .unwrap()
+        .leaf;
+    let mut group = raw_group(&w, bob, conv);
+    let (proposal, _) = group
+        .propose_remove_member(
+            &w.devs[&bob].provider,
+            w.devs[&bob].local.signer(),
+            openmls::prelude::LeafNodeIndex::new(carol_leaf),
+        )
+        .unwrap();
+    let bytes = proposal.tls_serialize_detached().unwrap();
+    assert_refused(
+        w.process(alice, conv, &bytes),
+        |r| matches!(r, Refusal::UnsupportedOperation(what) if what.contains("remove another user")),
+    );
+
+    // carol leaves: her proposal is queued at alice, who commits it.
+    let dev = w.devs.get_mut(&carol).unwrap();
+    let proposals = dev
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .leave(&dev.provider, &dev.local)
+        .unwrap();
+    assert_eq!(proposals.len(), 1);
+    assert!(matches!(
+        w.process(alice, conv, &proposals[0]).unwrap(),
+        Incoming::Proposal { .. }
+    ));
+    let dev = w.devs.get_mut(&alice).unwrap();
+    let out = dev
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .commit_pending_proposals(&dev.provider, &dev.local)
+        .unwrap()
+        .expect("a commit for carol's leave");
+    assert_eq!(out.metadata.removed, vec![carol]);
+}

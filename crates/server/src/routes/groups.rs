@@ -243,9 +243,14 @@ pub async fn message(
             "an application message must be an MLS PrivateMessage",
         ));
     }
-    if framing.content_type != ContentType::Application {
+    // Application messages, and proposals (a member leaving proposes its own
+    // removal; another member commits it). Commits go to /commits.
+    if !matches!(
+        framing.content_type,
+        ContentType::Application | ContentType::Proposal
+    ) {
         return Err(ApiError::bad_request(
-            "the message's content type is not Application (commits go to /commits)",
+            "the message's content type is not Application or Proposal (commits go to /commits)",
         ));
     }
     let accepted = state
