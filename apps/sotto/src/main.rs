@@ -368,6 +368,14 @@ fn event_json(e: &Event) -> Option<Value> {
             "removed": removed.iter().map(|(u, d)| json!({"user": u.to_string(), "device": d.to_string()})).collect::<Vec<_>>(),
             "removed_me": removed_me,
         }),
+        Event::GroupName {
+            conversation,
+            by,
+            name,
+        } => json!({
+            "event": "group_name", "conversation": conversation.to_string(),
+            "by": by.to_string(), "name": name,
+        }),
         Event::Timer {
             conversation,
             seconds,
@@ -443,6 +451,11 @@ fn event_line(e: &Event) -> Option<String> {
             conversation,
             seconds: None,
         } => format!("[{conversation}] disappearing messages off"),
+        Event::GroupName {
+            conversation,
+            by,
+            name,
+        } => format!("[{conversation}] {by} named the group {name:?}"),
         Event::Security {
             conversation,
             detail,

@@ -243,10 +243,16 @@ fn groups_and_safety_numbers() {
     let g = created["conversation"].as_str().unwrap().to_owned();
     alice.one(&["send", &g, "welcome"]);
     for u in [bob, carol] {
-        assert_eq!(
-            texts(&u.ok(&["receive"])),
-            [("alice".to_owned(), "welcome".to_owned())]
+        let got = u.ok(&["receive"]);
+        assert!(
+            got.iter()
+                .any(|e| e["event"] == "group_name" && e["name"] == "club"),
+            "{got:?}"
         );
+        assert_eq!(texts(&got), [("alice".to_owned(), "welcome".to_owned())]);
+        let convs = u.ok(&["conversations"]);
+        assert_eq!(convs[0]["name"], "club");
+        assert_eq!(convs[0]["kind"], "group");
     }
     bob.one(&["group", "add", &g, "dave"]);
     let joined = dave.ok(&["receive"]);

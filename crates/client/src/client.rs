@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sotto_core::content::{
-    AttachmentKey, AttachmentPointer, Delete, DisappearingTimer, Edit, Reaction, Text,
+    AttachmentKey, AttachmentPointer, Delete, DisappearingTimer, Edit, GroupName, Reaction, Text,
 };
 use sotto_core::openmls_traits::OpenMlsProvider as _;
 use sotto_core::openmls_traits::random::OpenMlsRand as _;
@@ -88,6 +88,15 @@ pub enum Event {
         removed: Vec<(Username, DeviceId)>,
         /// True if this device was removed.
         removed_me: bool,
+    },
+    /// A group was named or renamed.
+    GroupName {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who named it.
+        by: Username,
+        /// The name.
+        name: String,
     },
     /// The disappearing-messages timer changed.
     Timer {
@@ -382,7 +391,16 @@ impl Client {
             },
             &users,
         )
-        .await
+        .await?;
+        // Members learn the name from the group itself (the server never sees it).
+        self.send_content(
+            id,
+            Content::GroupName(GroupName {
+                name: name.to_owned(),
+            }),
+        )
+        .await?;
+        Ok(id)
     }
 
     /// Creates the MLS group and the server's group record, then adds `users` (and
@@ -1403,6 +1421,14 @@ fn apply_content(
             targets: r.targets.iter().map(ToString::to_string).collect(),
         }),
         Content::Typing(_) => None,
+        Content::GroupName(g) => {
+            tx.set_name(id, &g.name)?;
+            Some(Event::GroupName {
+                conversation: id,
+                by: sender.clone(),
+                name: g.name.clone(),
+            })
+        }
         Content::DisappearingTimer(t) => {
             tx.set_disappearing(id, t.seconds)?;
             Some(Event::Timer {

@@ -385,6 +385,15 @@ impl<'t> Tx<'t> {
         Ok(())
     }
 
+    /// Sets a group's name.
+    pub fn set_name(&self, id: ConversationId, name: &str) -> Result<(), ClientError> {
+        self.tx.execute(
+            "UPDATE conversations SET name = ?2 WHERE id = ?1 AND kind = 'group'",
+            params![&id.as_bytes()[..], name],
+        )?;
+        Ok(())
+    }
+
     /// Sets a conversation's disappearing timer.
     pub fn set_disappearing(
         &self,

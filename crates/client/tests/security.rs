@@ -142,3 +142,34 @@ async fn a_ghost_device_slipped_into_a_users_key_packages_is_refused_and_reporte
         "no half-made group"
     );
 }
+
+/// Not an attack: KeyPackages run low (claimed by others) and the client tops up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_packages_are_topped_up_when_few_remain() {
+    let (server, lying) = TestServer::start_lying().unwrap();
+    let (alice, _a) = user(&server, "alice").await;
+    let (bob, _b) = user(&server, "bob").await;
+    let bob_device = bob.whoami().unwrap().device_id;
+    let bob_name = Username::parse("bob").unwrap();
+    let start = lying.inner().device_status(bob_device).await.unwrap();
+    assert!(start.one_time_key_packages >= 10, "{start:?}");
+    // Others claim all but a few of bob's one-time KeyPackages.
+    for _ in 0..start.one_time_key_packages - 3 {
+        lying.inner().claim_key_packages(&bob_name).await.unwrap();
+    }
+    assert_eq!(
+        lying
+            .inner()
+            .device_status(bob_device)
+            .await
+            .unwrap()
+            .one_time_key_packages,
+        3
+    );
+    // alice starts a conversation (claims one more); bob joins and notices.
+    alice.send_text("bob", "hi").await.unwrap();
+    bob.sync().await.unwrap();
+    let after = lying.inner().device_status(bob_device).await.unwrap();
+    assert!(after.one_time_key_packages >= 50, "topped up: {after:?}");
+    assert!(after.has_last_resort);
+}

@@ -46,6 +46,8 @@ pub enum Content {
     Typing(Typing),
     /// The conversation's disappearing-messages timer changed.
     DisappearingTimer(DisappearingTimer),
+    /// The group's name was set or changed.
+    GroupName(GroupName),
     /// A content type this version does not know, or whose body it could not read.
     /// Kept so the UI can say "unsupported message (update Sotto)".
     Unsupported {
@@ -158,6 +160,13 @@ pub struct Typing {
     pub active: bool,
 }
 
+/// A group's name (sent by its creator, or when someone renames it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupName {
+    /// The new name.
+    pub name: String,
+}
+
 /// A disappearing-messages timer change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DisappearingTimer {
@@ -177,6 +186,7 @@ impl Content {
             Content::ReadReceipt(_) => "receipt",
             Content::Typing(_) => "typing",
             Content::DisappearingTimer(_) => "timer",
+            Content::GroupName(_) => "group_name",
             Content::Unsupported { kind } => kind,
         }
     }
@@ -220,6 +230,7 @@ impl Envelope {
             Content::ReadReceipt(b) => to_value(b),
             Content::Typing(b) => to_value(b),
             Content::DisappearingTimer(b) => to_value(b),
+            Content::GroupName(b) => to_value(b),
             Content::Unsupported { kind } => {
                 return Err(ContentError::CannotSendUnsupported(kind.clone()));
             }
@@ -264,6 +275,7 @@ fn decode_body(kind: &str, body: ciborium::Value) -> Option<Content> {
         "receipt" => Content::ReadReceipt(body.deserialized().ok()?),
         "typing" => Content::Typing(body.deserialized().ok()?),
         "timer" => Content::DisappearingTimer(body.deserialized().ok()?),
+        "group_name" => Content::GroupName(body.deserialized().ok()?),
         _ => return None,
     })
 }
@@ -323,6 +335,9 @@ mod tests {
                 seconds: Some(3600),
             }),
             Content::DisappearingTimer(DisappearingTimer { seconds: None }),
+            Content::GroupName(GroupName {
+                name: "the club 🎲".into(),
+            }),
         ]
     }
 
