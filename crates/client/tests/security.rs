@@ -1,7 +1,7 @@
 //! A lying server: key substitution and ghost devices are refused and reported.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use sotto_client::{Client, ClientError};
+use sotto_client::{Client, ClientError, Event};
 use sotto_core::storage::{MemoryStorage, SottoProvider};
 use sotto_core::{ConversationConfig, IdentityKeyPair, LocalDevice, generate_key_packages};
 use sotto_proto::{DeviceList, Username};
@@ -172,4 +172,59 @@ async fn key_packages_are_topped_up_when_few_remain() {
     let after = lying.inner().device_status(bob_device).await.unwrap();
     assert!(after.one_time_key_packages >= 50, "topped up: {after:?}");
     assert!(after.has_last_resort);
+}
+
+/// Garbage in the mailbox (a member's buggy or hostile client, or the server): the entry
+/// is recorded as failed, shown, acked, and what follows is still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_entry_is_recorded_and_does_not_wedge_the_queue() {
+    let server = TestServer::start().unwrap();
+    let (alice, _a) = user(&server, "alice").await;
+    let (bob, _b) = user(&server, "bob").await;
+    let sent = alice.send_text("bob", "first").await.unwrap();
+    bob.sync().await.unwrap();
+
+    // A well-framed PrivateMessage for the right group and epoch whose ciphertext is
+    // noise, stored as if alice's device had sent it.
+    let epoch = 1;
+    let mut body = vec![0, 1, 0, 2, 16];
+    body.extend_from_slice(sent.conversation.as_bytes());
+    body.extend_from_slice(&u64::to_be_bytes(epoch));
+    body.extend_from_slice(&[1, 0]);
+    body.extend_from_slice(&[0x5a; 120]);
+    let accepted = server
+        .state()
+        .store()
+        .submit_message(
+            sotto_server_store::MessageSubmission {
+                group: sent.conversation,
+                sender: alice.whoami().unwrap().device_id,
+                epoch,
+                client_message_id: sotto_proto::MessageId::new_v7(1_900_000_000_000, &[9; 10]),
+                body,
+            },
+            1_900_000_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(accepted.delivered.len(), 1);
+    alice.send_text("bob", "after the noise").await.unwrap();
+
+    let events = bob.sync().await.unwrap();
+    let failed: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Failed { .. }))
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    let texts: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => m.text.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["after the noise"]);
+    assert_eq!(bob.failures().unwrap().len(), 1);
+    // Acked: nothing comes back.
+    assert!(bob.sync().await.unwrap().is_empty());
 }
