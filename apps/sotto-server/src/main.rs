@@ -112,6 +112,18 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
             config.data_dir.display()
         )
     })?;
+    // Only the server's user reads the database and blobs.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| {
+                format!(
+                    "cannot restrict access to {}: {e}",
+                    config.data_dir.display()
+                )
+            })?;
+    }
     let db = config.data_dir.join("sotto.db");
     let store = SqliteStore::open(&db)
         .map_err(|e| format!("cannot open the database {}: {e}", db.display()))?;

@@ -47,6 +47,19 @@ fn starts_with_defaults_serves_health_and_stops_on_sigterm() {
         dir.path().join("sotto-data/sotto.db").exists(),
         "database created"
     );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("sotto-data"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o700,
+            "data directory private to the server's user"
+        );
+    }
 
     let mut stream = TcpStream::connect(&addr).unwrap();
     stream

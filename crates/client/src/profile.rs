@@ -136,7 +136,11 @@ impl Profile {
                 home.display()
             ))
         })?;
-        let conn = Connection::open(home.join("profile.db"))?;
+        // The profile holds the account's private keys: only its owner may read it.
+        restrict(home, 0o700)?;
+        let path = home.join("profile.db");
+        let conn = Connection::open(&path)?;
+        restrict(&path, 0o600)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -840,6 +844,20 @@ impl<'t> Tx<'t> {
         )?;
         Ok(())
     }
+}
+
+/// Sets Unix permission bits (no-op elsewhere).
+fn restrict(path: &Path, mode: u32) -> Result<(), ClientError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+            ClientError::Local(format!("cannot restrict access to {}: {e}", path.display()))
+        })?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch by the system clock.

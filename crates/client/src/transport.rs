@@ -121,6 +121,9 @@ impl Transport {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
+            // A server that stops answering mid-request is an error, not a hang
+            // (large transfers keep going as long as bytes keep flowing).
+            .read_timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|e| ClientError::Network {
                 url: base.to_owned(),

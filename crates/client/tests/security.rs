@@ -228,3 +228,14 @@ async fn an_unreadable_entry_is_recorded_and_does_not_wedge_the_queue() {
     // Acked: nothing comes back.
     assert!(bob.sync().await.unwrap().is_empty());
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_profile_holding_private_keys_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let server = TestServer::start().unwrap();
+    let (_alice, home) = user(&server, "alice").await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(home.path()), 0o700);
+    assert_eq!(mode(&home.path().join("profile.db")), 0o600);
+}
