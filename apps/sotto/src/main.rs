@@ -36,6 +36,10 @@ struct Cli {
         default_value = "http://127.0.0.1:7480"
     )]
     server: String,
+    /// Also trust this CA certificate (PEM), for a server with a private or
+    /// self-signed certificate.
+    #[arg(long, env = "SOTTO_CA_CERT", global = true, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Print JSON (one object per line for streams) and nothing else on stdout.
     #[arg(long, global = true)]
     json: bool,
@@ -507,7 +511,14 @@ fn parse_duration(s: &str) -> Result<Option<u32>, Failure> {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let home = home(&cli)?;
-    let client = Client::open(&home, &cli.server)?;
+    let ca = match &cli.ca_cert {
+        Some(path) => Some(std::fs::read(path).map_err(|e| Failure {
+            message: format!("cannot read the CA certificate {}: {e}", path.display()),
+            code: 2,
+        })?),
+        None => None,
+    };
+    let client = Client::open_with_ca(&home, &cli.server, ca)?;
     let j = cli.json;
     match cli.command {
         Command::Register { username } => {

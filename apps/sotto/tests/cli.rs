@@ -517,3 +517,33 @@ fn receive_follow_prints_messages_as_they_arrive() {
     assert!(status.success());
     assert!(follow.wait().unwrap().success());
 }
+
+#[test]
+fn talks_to_an_https_server_when_told_to_trust_its_certificate() {
+    let (server, ca) = TestServer::start_tls().unwrap();
+    let dir = server.profile_dir("certs");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let alice = Profile::new(&server, "alice");
+    let bob = Profile::new(&server, "bob");
+    // Without the certificate: a one-line network error.
+    let err = alice.fails(&["register", "alice"], 1);
+    assert!(err.contains("cannot reach the server"), "{err}");
+    let with_ca = |p: &Profile, args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["--ca-cert", ca_path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        p.ok(&all)
+    };
+    with_ca(&alice, &["register", "alice"]);
+    with_ca(&bob, &["register", "bob"]);
+    with_ca(&alice, &["send", "bob", "over https"]);
+    assert_eq!(
+        texts(&with_ca(&bob, &["receive"])),
+        [("alice".to_owned(), "over https".to_owned())]
+    );
+    let missing = alice.fails(&["--ca-cert", "/nonexistent/ca.pem", "whoami"], 2);
+    assert!(
+        missing.contains("cannot read the CA certificate"),
+        "{missing}"
+    );
+}

@@ -184,6 +184,16 @@ impl Client {
     /// Opens the profile in `home`. `server` is used for a new profile; a registered
     /// profile keeps talking to the server it registered with unless `server` is given.
     pub fn open(home: &Path, server: &str) -> Result<Self, ClientError> {
+        Self::open_with_ca(home, server, None)
+    }
+
+    /// Like [`Client::open`], also trusting the CA certificate(s) in `ca_pem` (PEM) for
+    /// a server with a private or self-signed certificate.
+    pub fn open_with_ca(
+        home: &Path,
+        server: &str,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<Self, ClientError> {
         let mut profile = Profile::open(home)?;
         let stored = profile.read(|tx| Ok(tx.account()?.map(|a| a.server)))?;
         let base = stored.unwrap_or_else(|| server.to_owned());
@@ -191,7 +201,7 @@ impl Client {
         Ok(Self {
             home: home.to_path_buf(),
             profile: Mutex::new(profile),
-            transport: Transport::new(&base)?,
+            transport: Transport::with_ca(&base, ca_pem)?,
             config: ConversationConfig::default(),
             clock: Arc::new(now_ms),
             events,

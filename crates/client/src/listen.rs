@@ -18,8 +18,6 @@ use crate::transport::Entry;
 const CLOSE_REPLACED: u16 = 4000;
 /// Close code: this device was removed from its account.
 const CLOSE_DEVICE_REMOVED: u16 = 4001;
-/// How often to poll when the server is reached over HTTPS (no `wss` support yet).
-const POLL_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -33,6 +31,11 @@ enum Frame {
         received_at: u64,
     },
 }
+
+/// A byte stream the WebSocket runs on: TCP, or TLS over TCP for `wss://`.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+type WsStream = Box<dyn Io>;
 
 /// Why one connection ended.
 enum Ended {
@@ -63,10 +66,6 @@ impl Client {
                 if !events.is_empty() {
                     on_events(events);
                 }
-                if self.transport.base().starts_with("https://") {
-                    tokio::time::sleep(POLL_EVERY).await;
-                    return Ok(Ended::Retry);
-                }
                 Ok::<_, ClientError>(self.connection(&mut on_events).await)
             };
             let ended = tokio::select! {
@@ -86,6 +85,47 @@ impl Client {
         }
     }
 
+    /// Opens the TCP (and for `wss://` the TLS) connection for the WebSocket request,
+    /// trusting the public web roots plus the profile's extra CA.
+    async fn ws_stream(
+        &self,
+        request: &tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<WsStream, Ended> {
+        let uri = request.uri();
+        let tls = uri.scheme_str() == Some("wss");
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|_| Ended::Retry)?;
+        let _ = tcp.set_nodelay(true);
+        if !tls {
+            return Ok(Box::new(tcp));
+        }
+        let config = self.transport.tls_config().map_err(Ended::Fatal)?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
+            Ended::Fatal(ClientError::Usage(format!(
+                "{host} is not a valid server name"
+            )))
+        })?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| match e.kind() {
+                // A certificate the client does not trust will not fix itself.
+                std::io::ErrorKind::InvalidData => Ended::Fatal(ClientError::Network {
+                    url: self.transport.base().to_owned(),
+                    reason: format!("TLS: {e}"),
+                }),
+                _ => Ended::Retry,
+            })?;
+        Ok(Box::new(stream))
+    }
+
     /// One WebSocket connection, until it ends.
     async fn connection(&self, on_events: &mut impl FnMut(Vec<Event>)) -> Ended {
         let account = match self.account() {
@@ -96,10 +136,16 @@ impl Client {
             Ok(c) => c,
             Err(e) => return Ended::Fatal(e),
         };
-        let url = format!(
-            "{}/v1/ws?after={cursor}",
-            self.transport.base().replacen("http://", "ws://", 1)
-        );
+        let base = self.transport.base();
+        let url = match base.split_once("://") {
+            Some(("https", rest)) => format!("wss://{rest}/v1/ws?after={cursor}"),
+            Some(("http", rest)) => format!("ws://{rest}/v1/ws?after={cursor}"),
+            _ => {
+                return Ended::Fatal(ClientError::Usage(format!(
+                    "the server URL {base} must start with http:// or https://"
+                )));
+            }
+        };
         let mut request = match url.into_client_request() {
             Ok(r) => r,
             Err(e) => return Ended::Fatal(ClientError::Usage(format!("bad server URL: {e}"))),
@@ -110,7 +156,12 @@ impl Client {
             ));
         };
         request.headers_mut().insert("Authorization", auth);
-        let mut socket = match tokio_tungstenite::connect_async(request).await {
+        let stream = match self.ws_stream(&request).await {
+            Ok(stream) => stream,
+            Err(Ended::Fatal(e)) => return Ended::Fatal(e),
+            Err(Ended::Retry) => return Ended::Retry,
+        };
+        let mut socket = match tokio_tungstenite::client_async(request, stream).await {
             Ok((socket, _)) => socket,
             Err(_) => return Ended::Retry,
         };

@@ -14,6 +14,8 @@ use crate::error::ClientError;
 pub struct Transport {
     http: reqwest::Client,
     base: String,
+    /// An extra trusted CA (PEM), for servers with a private or self-signed certificate.
+    ca_pem: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 /// A user's directory entry.
@@ -117,22 +119,61 @@ struct UploadAnswer {
 impl Transport {
     /// A transport for the server at `base` (e.g. `http://127.0.0.1:7480`).
     pub fn new(base: &str) -> Result<Self, ClientError> {
+        Self::with_ca(base, None)
+    }
+
+    /// A transport that also trusts the CA certificate(s) in `ca_pem` (for a server
+    /// with a private or self-signed certificate), besides the public web roots.
+    pub fn with_ca(base: &str, ca_pem: Option<Vec<u8>>) -> Result<Self, ClientError> {
         // rustls needs a process-wide crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             // A server that stops answering mid-request is an error, not a hang
             // (large transfers keep going as long as bytes keep flowing).
-            .read_timeout(std::time::Duration::from_secs(60))
-            .build()
-            .map_err(|e| ClientError::Network {
-                url: base.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .read_timeout(std::time::Duration::from_secs(60));
+        if let Some(pem) = &ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
+                ClientError::Usage("the CA certificate file is not a PEM certificate".into())
+            })? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| ClientError::Network {
+            url: base.to_owned(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            ca_pem: ca_pem.map(std::sync::Arc::new),
         })
+    }
+
+    /// The TLS client configuration for `wss://`: the public web roots plus the extra CA.
+    pub(crate) fn tls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = &self.ca_pem {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|_| {
+                    ClientError::Usage("the CA certificate file is not a PEM certificate".into())
+                })?;
+                roots.add(cert).map_err(|e| {
+                    ClientError::Usage(format!("the CA certificate is not usable: {e}"))
+                })?;
+            }
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Local(format!("TLS set-up failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(std::sync::Arc::new(config))
     }
 
     /// The server URL.

@@ -308,6 +308,11 @@ async fn listen_delivers_over_the_websocket_as_messages_arrive() {
             .unwrap();
         assert_eq!(next(&mut rx).await, format!("live {i}"));
     }
+    assert_eq!(
+        server.inner.state().live_sockets(),
+        1,
+        "bob holds a WebSocket"
+    );
     stop_tx.send(()).unwrap();
     listener.await.unwrap().unwrap();
     // Everything was acked: a later sync finds nothing new.

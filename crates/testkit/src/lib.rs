@@ -60,11 +60,43 @@ impl TestServer {
         Ok((server, lying))
     }
 
+    /// Starts a server that speaks only HTTPS (a fresh self-signed certificate for
+    /// `localhost`); answers it and the certificate (PEM) clients must trust.
+    pub fn start_tls() -> Result<(Self, Vec<u8>), StartError> {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .map_err(|e| StartError(e.to_string()))?;
+        let cert_pem = certified.cert.pem().into_bytes();
+        let key_pem = certified.signing_key.serialize_pem().into_bytes();
+        let server = Self::start_inner(|store| store, Some((cert_pem.clone(), key_pem)))?;
+        Ok((server, cert_pem))
+    }
+
     /// Starts a server over the SQLite store as `wrap` returns it.
     pub fn start_with(
         wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     ) -> Result<Self, StartError> {
+        Self::start_inner(wrap, None)
+    }
+
+    fn start_inner(
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+        tls: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Self, StartError> {
         let dir = tempfile::tempdir().map_err(|e| StartError(e.to_string()))?;
+        let tls = match tls {
+            Some((cert, key)) => {
+                let (cert_path, key_path) =
+                    (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+                std::fs::write(&cert_path, cert).map_err(|e| StartError(e.to_string()))?;
+                std::fs::write(&key_path, key).map_err(|e| StartError(e.to_string()))?;
+                Some(
+                    sotto_server::tls::server_config(&cert_path, &key_path)
+                        .map_err(|e| StartError(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let store = SqliteStore::open(dir.path().join("server.db"))
             .map_err(|e| StartError(e.to_string()))?;
         let state = AppState::new(
@@ -103,10 +135,17 @@ impl TestServer {
                     };
                     let addr = listener.local_addr().map_err(|e| e.to_string());
                     let _ = ready_tx.send(addr);
-                    let _ = sotto_server::run(listener, run_state, async {
+                    let stop = async {
                         let _ = stopped.await;
-                    })
-                    .await;
+                    };
+                    let _ = match tls {
+                        Some(config) => match sotto_server::tls::TlsListener::new(listener, config)
+                        {
+                            Ok(listener) => sotto_server::run(listener, run_state, stop).await,
+                            Err(e) => Err(e),
+                        },
+                        None => sotto_server::run(listener, run_state, stop).await,
+                    };
                 });
             })
             .map_err(|e| StartError(e.to_string()))?;
@@ -114,8 +153,12 @@ impl TestServer {
             .recv()
             .map_err(|e| StartError(e.to_string()))?
             .map_err(StartError)?;
+        let url = match tls_host(scheme) {
+            Some(host) => format!("{scheme}://{host}:{}", addr.port()),
+            None => format!("{scheme}://{addr}"),
+        };
         Ok(Self {
-            url: format!("http://{addr}"),
+            url,
             state,
             dir,
             stop: Some(stop),
@@ -144,6 +187,11 @@ impl TestServer {
         let _ = std::fs::create_dir_all(&dir);
         dir
     }
+}
+
+/// TLS servers are reached by the name on their certificate.
+fn tls_host(scheme: &str) -> Option<&'static str> {
+    (scheme == "https").then_some("localhost")
 }
 
 impl Drop for TestServer {
