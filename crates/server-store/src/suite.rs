@@ -9,6 +9,8 @@
 //! sotto_server_store::store_suite!(sotto_server_store::MemoryStore::new());
 //! // or, when a guard (a temp dir) must outlive the store:
 //! sotto_server_store::store_suite!(with_guard fresh_store_and_dir());
+//! // or, for a store behind a service that may be absent (`None` skips the test):
+//! sotto_server_store::store_suite!(optional fresh_store_if_service_up().await);
 //! ```
 //!
 //! The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a
@@ -32,9 +34,20 @@ pub const T0: u64 = 1_767_225_600;
 /// Expands to one `#[tokio::test]` per suite behaviour for the given store expression
 /// (evaluated afresh in each test). `with_guard EXPR` takes an expression yielding
 /// `(store, guard)`; the guard (e.g. a temp dir) lives until the test ends.
+/// `optional EXPR` takes an `Option<(store, guard)>`: `None` ends the test early (for
+/// stores behind a service that is not running; the maker reports that loudly).
 #[macro_export]
 macro_rules! store_suite {
     (with_guard $make:expr) => {
+        $crate::store_suite!(@all (Some($make)));
+    };
+    (optional $make:expr) => {
+        $crate::store_suite!(@all $make);
+    };
+    ($make:expr) => {
+        $crate::store_suite!(with_guard ($make, ()));
+    };
+    (@all $make:expr) => {
         $crate::store_suite!(@tests $make;
             username_taken,
             token_lookup,
@@ -54,14 +67,12 @@ macro_rules! store_suite {
             removed_member_gets_nothing_afterwards,
         );
     };
-    ($make:expr) => {
-        $crate::store_suite!(with_guard ($make, ()));
-    };
     (@tests $make:expr; $($name:ident,)*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let (store, _guard) = $make;
+                // `None`: the backing service is absent and the maker said so loudly.
+                let Some((store, _guard)) = $make else { return };
                 $crate::suite::$name(store).await;
             }
         )*
@@ -841,5 +852,19 @@ pub async fn removed_member_gets_nothing_afterwards<S: Store>(store: S) {
     assert_eq!(
         store.submit_commit(commit(1, 3, 2, &[], &[]), T0).await,
         Err(StoreError::NotAMember)
+    );
+}
+
+/// For tests of implementations behind a service (PostgreSQL, NATS): reports that
+/// `service` is unreachable. With `SOTTO_REQUIRE_SERVICES=1` (as in CI) that is a test
+/// failure; otherwise the caller skips the test after this loud message.
+pub fn service_missing(service: &str, why: &dyn std::fmt::Display) {
+    let required = std::env::var("SOTTO_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+    if required {
+        panic!("{service} is required (SOTTO_REQUIRE_SERVICES=1) but unreachable: {why}");
+    }
+    eprintln!(
+        "\n!!! SKIPPED: {service} is unreachable ({why}); this test did not run. \
+         Start it, or set SOTTO_REQUIRE_SERVICES=1 to make this a failure. !!!\n"
     );
 }

@@ -1,0 +1,210 @@
+//! Group commit on PostgreSQL. A few writer tasks share one queue; each takes every
+//! request queued at that moment (up to [`MAX_BATCH`]), runs each in its own SAVEPOINT
+//! inside one transaction and commits once. A request's refusal (say `StaleEpoch`) rolls
+//! back only its savepoint. If the batch loses a deadlock or serialization race (with
+//! another writer or another node), the whole transaction is rolled back and the batch
+//! is run again; a request's work may therefore run more than once, but it takes effect
+//! at most once, in the transaction that commits.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use sotto_server_store::{BatchStats, StoreError};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend;
+use crate::ops::{Fail, Op};
+
+/// Most requests committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+/// How many times a batch that lost a deadlock or serialization race is run again.
+const MAX_RETRIES: u32 = 8;
+
+/// What running one request inside the batch's transaction came to.
+pub(crate) enum Step {
+    /// The request has its answer (success or refusal); the transaction is usable.
+    Done,
+    /// The transaction must be rolled back and the batch run again.
+    Retry(sqlx::Error),
+    /// The transaction is unusable; every request in the batch fails.
+    Abort(StoreError),
+}
+
+/// One queued write.
+pub(crate) trait WriteJob: Send {
+    /// Runs the work inside a savepoint of the batch's transaction.
+    fn run<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Step>;
+    /// Sends the reply once the transaction's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+pub(crate) struct Job<T, F> {
+    work: F,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job<T, F> {
+    pub(crate) fn new(work: F, reply: oneshot::Sender<Result<T, StoreError>>) -> Self {
+        Self {
+            work,
+            result: None,
+            reply,
+        }
+    }
+}
+
+/// Deadlocks and serialization failures: the transaction can succeed if run again.
+fn retryable(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
+fn abort_or_retry(e: sqlx::Error) -> Step {
+    if retryable(&e) {
+        Step::Retry(e)
+    } else {
+        Step::Abort(backend(e))
+    }
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Op<T>> + Send + Sync,
+{
+    fn run<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Step> {
+        Box::pin(async move {
+            self.result = None;
+            if let Err(e) = sqlx::query("SAVEPOINT job").execute(&mut *conn).await {
+                return abort_or_retry(e);
+            }
+            let outcome = (self.work)(&mut *conn).await;
+            let (keep, result) = match outcome {
+                Ok(value) => (true, Ok(value)),
+                Err(Fail::Refused(refused)) => (false, Err(refused)),
+                Err(Fail::Db(e)) if retryable(&e) => return Step::Retry(e),
+                Err(Fail::Db(e)) => {
+                    tracing::warn!(error = %e, "a store write failed; its request gets an error");
+                    (false, Err(backend(e)))
+                }
+            };
+            let end: &[&str] = if keep {
+                &["RELEASE SAVEPOINT job"]
+            } else {
+                &["ROLLBACK TO SAVEPOINT job", "RELEASE SAVEPOINT job"]
+            };
+            for statement in end {
+                if let Err(e) = sqlx::query(statement).execute(&mut *conn).await {
+                    return abort_or_retry(e);
+                }
+            }
+            self.result = Some(result);
+            Step::Done
+        })
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let result = match committed {
+            Ok(()) => self.result.unwrap_or_else(|| {
+                Err(StoreError::Backend(
+                    "write request was not run in its batch".into(),
+                ))
+            }),
+            Err(e) => Err(e),
+        };
+        // The requester may have gone away (its future dropped); nothing to do then.
+        let _ = self.reply.send(result);
+    }
+}
+
+type Queue = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Box<dyn WriteJob>>>>;
+
+/// One writer task's loop; returns when the queue is closed and drained.
+pub(crate) async fn run(pool: PgPool, queue: Queue, stats: Arc<Mutex<BatchStats>>) {
+    loop {
+        let mut batch = {
+            let mut jobs = queue.lock().await;
+            let Some(first) = jobs.recv().await else {
+                return;
+            };
+            let mut batch = Vec::with_capacity(16);
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        // A panicking request (a bug) must not take this writer down with it.
+        let committed = std::panic::AssertUnwindSafe(commit_batch(&pool, &mut batch))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Backend(
+                    "a write in this batch failed unexpectedly; the batch was rolled back".into(),
+                ))
+            });
+        if let Ok(mut s) = stats.lock() {
+            s.record(batch.len(), committed.is_ok());
+        }
+        for job in batch {
+            job.finish(committed.clone());
+        }
+    }
+}
+
+async fn commit_batch(pool: &PgPool, batch: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
+    let mut attempt = 0;
+    loop {
+        match try_batch(pool, batch).await {
+            Step::Done => return Ok(()),
+            Step::Abort(e) => return Err(e),
+            Step::Retry(e) if attempt >= MAX_RETRIES => return Err(backend(e)),
+            Step::Retry(e) => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "store batch lost a race; running it again");
+                // Back off a little (growing, with jitter from the clock) so the
+                // transactions that collided do not collide again.
+                let jitter = u64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.subsec_micros() % 1000)
+                        .unwrap_or(0),
+                );
+                tokio::time::sleep(Duration::from_micros(500 * u64::from(attempt) + jitter)).await;
+            }
+        }
+    }
+}
+
+async fn try_batch(pool: &PgPool, batch: &mut [Box<dyn WriteJob>]) -> Step {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => return Step::Abort(backend(e)),
+    };
+    let mut tx = match conn.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return abort_or_retry(e),
+    };
+    for job in batch.iter_mut() {
+        match job.run(&mut tx).await {
+            Step::Done => {}
+            failed => {
+                let _ = tx.rollback().await;
+                return failed;
+            }
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => Step::Done,
+        Err(e) => abort_or_retry(e),
+    }
+}

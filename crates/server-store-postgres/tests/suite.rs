@@ -1,0 +1,239 @@
+//! The shared behaviour suite against PostgreSQL (a fresh schema per test), plus checks
+//! of its own: group commit, two nodes racing on one database, refusing a newer schema.
+//!
+//! The database is `SOTTO_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`). When it is unreachable the tests skip
+//! loudly, or fail with `SOTTO_REQUIRE_SERVICES=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::sync::Arc;
+
+use sotto_server_store::suite::{T0, dev, gid, msg_id, register, service_missing};
+use sotto_server_store::{CommitSubmission, MessageSubmission, Store, StoreError};
+use sotto_store_postgres::{PostgresOptions, PostgresStore};
+
+fn database_url() -> String {
+    std::env::var("SOTTO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Drops the test's schema when the test ends.
+struct Schema {
+    name: String,
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // The test's runtime may be shutting down: use a runtime of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&database_url()).await {
+                    let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn fresh_schema() -> Schema {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).unwrap();
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Schema {
+        name: format!("sotto_test_{suffix}"),
+    }
+}
+
+async fn open(schema: &Schema) -> Result<PostgresStore, StoreError> {
+    let mut options = PostgresOptions::new(database_url());
+    options.pool_size = 8;
+    options.schema = Some(schema.name.clone());
+    PostgresStore::connect(&options).await
+}
+
+async fn fresh() -> Option<(PostgresStore, Schema)> {
+    let schema = fresh_schema();
+    match open(&schema).await {
+        Ok(store) => Some((store, schema)),
+        Err(e) => {
+            service_missing("PostgreSQL", &e);
+            None
+        }
+    }
+}
+
+sotto_server_store::store_suite!(optional fresh().await);
+
+fn message(sender: u8, id: u64) -> MessageSubmission {
+    MessageSubmission {
+        group: gid(1),
+        sender: dev(sender),
+        epoch: 0,
+        client_message_id: msg_id(id),
+        body: b"m".to_vec(),
+    }
+}
+
+/// Concurrent writers share transactions; a refused request rolls back only itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_group_committed() {
+    let Some((store, _schema)) = fresh().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    register(&*store, "alice", 1, T0).await.unwrap();
+    register(&*store, "bob", 2, T0).await.unwrap();
+    register(&*store, "eve", 3, T0).await.unwrap();
+    store
+        .create_group(gid(1), dev(1), vec![dev(2)])
+        .await
+        .unwrap();
+    let before = store.batch_stats().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..300u64 {
+        let store = Arc::clone(&store);
+        let sender = if i % 3 == 0 { 3 } else { 1 };
+        tasks.push(tokio::spawn(async move {
+            (sender, store.submit_message(message(sender, 100 + i), T0).await)
+        }));
+    }
+    for task in tasks {
+        match task.await.unwrap() {
+            (1, result) => assert!(!result.unwrap().duplicate),
+            (_, result) => assert_eq!(result, Err(StoreError::NotAMember)),
+        }
+    }
+    let after = store.batch_stats().unwrap();
+    assert_eq!(after.writes - before.writes, 300);
+    assert!(
+        after.batches - before.batches < 300,
+        "expected batching, got {after:?}"
+    );
+    assert_eq!(after.failed_commits, 0);
+    let entries = store.fetch(dev(2), 0, 500).await.unwrap();
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    assert_eq!(store.stats().await.unwrap().bodies, 200);
+}
+
+/// Two nodes (two stores on one database) race commits for the same epochs and sends
+/// with the same ids: one commit per epoch, one delivery per message id, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_database_agree() {
+    let Some((node1, schema)) = fresh().await else {
+        return;
+    };
+    let node2 = open(&schema).await.unwrap();
+    let nodes = [Arc::new(node1), Arc::new(node2)];
+    let members: Vec<u8> = (1..=10).collect();
+    for n in &members {
+        register(&*nodes[0], &format!("user{n}"), *n, T0)
+            .await
+            .unwrap();
+    }
+    nodes[1]
+        .create_group(gid(1), dev(1), members.iter().map(|n| dev(*n)).collect())
+        .await
+        .unwrap();
+    for epoch in 0..5u64 {
+        let mut tasks = Vec::new();
+        for n in members.clone() {
+            let node = Arc::clone(&nodes[usize::from(n % 2)]);
+            tasks.push(tokio::spawn(async move {
+                node.submit_commit(
+                    CommitSubmission {
+                        group: gid(1),
+                        sender: dev(n),
+                        epoch,
+                        added: vec![],
+                        removed: vec![],
+                        commit: vec![epoch as u8],
+                        welcome: None,
+                    },
+                    T0,
+                )
+                .await
+            }));
+        }
+        let mut accepted = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(a) => {
+                    assert_eq!(a.epoch, epoch + 1);
+                    accepted += 1;
+                }
+                Err(StoreError::StaleEpoch { current }) => assert_eq!(current, epoch + 1),
+                Err(other) => panic!("unexpected: {other}"),
+            }
+        }
+        assert_eq!(accepted, 1, "exactly one commit for epoch {epoch}");
+    }
+    // The same 50 sends arrive at both nodes at once (a client retrying through the
+    // load balancer): each is delivered once.
+    let mut tasks = Vec::new();
+    for i in 0..50u64 {
+        for node in &nodes {
+            let node = Arc::clone(node);
+            tasks.push(tokio::spawn(async move {
+                let mut m = message(1, 1_000 + i);
+                m.epoch = 5;
+                node.submit_message(m, T0).await.unwrap()
+            }));
+        }
+    }
+    let mut fresh_sends = 0;
+    for task in tasks {
+        if !task.await.unwrap().duplicate {
+            fresh_sends += 1;
+        }
+    }
+    assert_eq!(fresh_sends, 50);
+    let entries = nodes[0].fetch(dev(2), 0, 1_000).await.unwrap();
+    // 5 commits from others (or 4 if dev(2) won one) + 50 messages, seqs gap-free.
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=entries.len() as u64).collect::<Vec<u64>>());
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.kind == sotto_server_store::EntryKind::Message)
+            .count(),
+        50
+    );
+    // Both devices ack on different nodes at the same time: every body goes.
+    let (a, b) = tokio::join!(nodes[0].ack(dev(2), u64::MAX), async {
+        let mut total = 0;
+        for n in 3..=10u8 {
+            total += nodes[1].ack(dev(n), u64::MAX).await.unwrap();
+        }
+        total
+    });
+    assert!(a.unwrap() > 0 && b > 0);
+    nodes[0].ack(dev(1), u64::MAX).await.unwrap();
+    let stats = nodes[1].stats().await.unwrap();
+    assert_eq!((stats.mailbox_entries, stats.bodies), (0, 0));
+}
+
+/// A database migrated by a newer server is refused rather than misread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_schema_is_refused() {
+    let Some((store, schema)) = fresh().await else {
+        return;
+    };
+    sqlx::query("INSERT INTO sotto_migrations (version) VALUES (99)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let err = open(&schema).await.unwrap_err().to_string();
+    assert!(err.contains("newer"), "{err}");
+}
