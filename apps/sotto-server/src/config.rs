@@ -80,6 +80,59 @@ struct FileConfig {
     log_filter: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    store: Option<String>,
+    database_url: Option<String>,
+    database_pool_size: Option<u64>,
+    database_writers: Option<u64>,
+    fanout: Option<String>,
+    nats_url: Option<String>,
+    nats_prefix: Option<String>,
+}
+
+/// Where the server keeps its state.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The embedded default: a SQLite file in the data directory.
+    Sqlite,
+    /// A PostgreSQL database shared by every node.
+    Postgres {
+        /// `postgres://` URL (may hold a password: never printed).
+        url: String,
+        /// Connections per node.
+        pool_size: u32,
+        /// Group-committing writer tasks per node.
+        writers: usize,
+    },
+}
+
+impl fmt::Debug for StoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("Sqlite"),
+            Self::Postgres {
+                pool_size, writers, ..
+            } => f
+                .debug_struct("Postgres")
+                .field("url", &"<set>")
+                .field("pool_size", pool_size)
+                .field("writers", writers)
+                .finish(),
+        }
+    }
+}
+
+/// How nodes wake each other's WebSockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FanoutBackend {
+    /// In-process: one node only.
+    Local,
+    /// NATS: any number of nodes.
+    Nats {
+        /// `nats://host:port`.
+        url: String,
+        /// Subject prefix.
+        prefix: String,
+    },
 }
 
 /// Command-line overrides (the binary's flags).
@@ -120,6 +173,10 @@ pub struct Config {
     pub log_filter: String,
     /// TLS certificate and key (PEM), when serving TLS directly.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The store.
+    pub store: StoreBackend,
+    /// The fan-out.
+    pub fanout: FanoutBackend,
 }
 
 impl fmt::Debug for Config {
@@ -138,6 +195,8 @@ impl fmt::Debug for Config {
                 "tls",
                 &self.tls.as_ref().map(|(c, _)| (c, "<key path set>")),
             )
+            .field("store", &self.store)
+            .field("fanout", &self.fanout)
             .finish()
     }
 }
@@ -156,6 +215,8 @@ impl Config {
             None => FileConfig::default(),
         };
         let mut b = Builder::default();
+        let store = store_backend(&file, &env)?;
+        let fanout = fanout_backend(&file, &env)?;
 
         b.listen(DEFAULT_LISTEN, Source::File, "listen")?;
         if let Some(v) = &file.listen {
@@ -254,6 +315,7 @@ impl Config {
             }
         };
 
+
         Ok(Config {
             listen: b
                 .listen
@@ -266,7 +328,142 @@ impl Config {
             log_format,
             log_filter,
             tls,
+            store,
+            fanout,
         })
+    }
+}
+
+/// A text setting: the environment overrides the file.
+fn text(
+    file: &Option<String>,
+    env: &impl Fn(&str) -> Option<String>,
+    env_name: &str,
+) -> Option<(String, Source)> {
+    env(env_name)
+        .map(|v| (v, Source::Env))
+        .or_else(|| file.clone().map(|v| (v, Source::File)))
+}
+
+fn store_backend(
+    file: &FileConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<StoreBackend, ConfigError> {
+    match text(&file.store, env, "SOTTO_STORE") {
+        None => Ok(StoreBackend::Sqlite),
+        Some((kind, _)) if kind == "sqlite" => Ok(StoreBackend::Sqlite),
+        Some((kind, _)) if kind == "postgres" => {
+            let Some((url, origin)) = text(&file.database_url, env, "SOTTO_DATABASE_URL") else {
+                return Err(ConfigError::Inconsistent(
+                    "store = \"postgres\" needs database_url (or SOTTO_DATABASE_URL), like postgres://sotto@db.example:5432/sotto",
+                ));
+            };
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid {
+                    name: "database_url".into(),
+                    origin,
+                    value: "<hidden: it may hold a password>".into(),
+                    expected: "a URL starting with postgres:// or postgresql://",
+                });
+            }
+            let pool_size = number(
+                file.database_pool_size,
+                env("SOTTO_DATABASE_POOL_SIZE"),
+                "database_pool_size",
+                "SOTTO_DATABASE_POOL_SIZE",
+                16,
+                2..=1000,
+                "a number of connections from 2 to 1000",
+            )?;
+            let writers = number(
+                file.database_writers,
+                env("SOTTO_DATABASE_WRITERS"),
+                "database_writers",
+                "SOTTO_DATABASE_WRITERS",
+                2,
+                1..=64,
+                "a number of writer tasks from 1 to 64",
+            )?;
+            if writers >= pool_size {
+                return Err(ConfigError::Inconsistent(
+                    "database_writers must be smaller than database_pool_size, so reads still get connections",
+                ));
+            }
+            Ok(StoreBackend::Postgres {
+                url,
+                pool_size: u32::try_from(pool_size).unwrap_or(u32::MAX),
+                writers: usize::try_from(writers).unwrap_or(1),
+            })
+        }
+        Some((kind, origin)) => Err(ConfigError::Invalid {
+            name: if origin == Source::Env {
+                "SOTTO_STORE"
+            } else {
+                "store"
+            }
+            .into(),
+            origin,
+            value: kind,
+            expected: "\"sqlite\" (the embedded default) or \"postgres\"",
+        }),
+    }
+}
+
+fn fanout_backend(
+    file: &FileConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<FanoutBackend, ConfigError> {
+    match text(&file.fanout, env, "SOTTO_FANOUT") {
+        None => Ok(FanoutBackend::Local),
+        Some((kind, _)) if kind == "local" => Ok(FanoutBackend::Local),
+        Some((kind, _)) if kind == "nats" => {
+            let (url, origin) = text(&file.nats_url, env, "SOTTO_NATS_URL")
+                .unwrap_or_else(|| ("nats://127.0.0.1:4222".into(), Source::File));
+            if !url.starts_with("nats://") && !url.starts_with("tls://") {
+                return Err(ConfigError::Invalid {
+                    name: if origin == Source::Env {
+                        "SOTTO_NATS_URL"
+                    } else {
+                        "nats_url"
+                    }
+                    .into(),
+                    origin,
+                    value: url,
+                    expected: "a URL like nats://127.0.0.1:4222",
+                });
+            }
+            let (prefix, origin) = text(&file.nats_prefix, env, "SOTTO_NATS_PREFIX")
+                .unwrap_or_else(|| ("sotto".into(), Source::File));
+            if prefix.is_empty()
+                || !prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(ConfigError::Invalid {
+                    name: if origin == Source::Env {
+                        "SOTTO_NATS_PREFIX"
+                    } else {
+                        "nats_prefix"
+                    }
+                    .into(),
+                    origin,
+                    value: prefix,
+                    expected: "letters, digits, '_' or '-'",
+                });
+            }
+            Ok(FanoutBackend::Nats { url, prefix })
+        }
+        Some((kind, origin)) => Err(ConfigError::Invalid {
+            name: if origin == Source::Env {
+                "SOTTO_FANOUT"
+            } else {
+                "fanout"
+            }
+            .into(),
+            origin,
+            value: kind,
+            expected: "\"local\" (one node) or \"nats\"",
+        }),
     }
 }
 
@@ -432,6 +629,70 @@ mod tests {
             Config::load(&flags, env(&[])),
             Err(ConfigError::Inconsistent(_))
         ));
+    }
+
+    #[test]
+    fn postgres_and_nats_are_selected_and_checked() {
+        let c = Config::load(&Flags::default(), env(&[])).unwrap();
+        assert_eq!(
+            (c.store, c.fanout),
+            (StoreBackend::Sqlite, FanoutBackend::Local)
+        );
+
+        let e = env(&[
+            ("SOTTO_STORE", "postgres"),
+            (
+                "SOTTO_DATABASE_URL",
+                "postgres://sotto:secret@db:5432/sotto",
+            ),
+            ("SOTTO_DATABASE_POOL_SIZE", "32"),
+            ("SOTTO_FANOUT", "nats"),
+            ("SOTTO_NATS_URL", "nats://bus:4222"),
+        ]);
+        let c = Config::load(&Flags::default(), e).unwrap();
+        assert_eq!(
+            c.store,
+            StoreBackend::Postgres {
+                url: "postgres://sotto:secret@db:5432/sotto".into(),
+                pool_size: 32,
+                writers: 2
+            }
+        );
+        assert_eq!(
+            c.fanout,
+            FanoutBackend::Nats {
+                url: "nats://bus:4222".into(),
+                prefix: "sotto".into()
+            }
+        );
+        // The password never shows in debug output.
+        assert!(!format!("{c:?}").contains("secret"));
+
+        let err = Config::load(&Flags::default(), env(&[("SOTTO_STORE", "postgres")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database_url"), "{err}");
+        let err = Config::load(&Flags::default(), env(&[("SOTTO_STORE", "mysql")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("postgres") && err.contains("SOTTO_STORE"),
+            "{err}"
+        );
+        let err = Config::load(
+            &Flags::default(),
+            env(&[
+                ("SOTTO_STORE", "postgres"),
+                ("SOTTO_DATABASE_URL", "mysql://x:pw@y/z"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("postgres://") && !err.contains("pw"), "{err}");
+        let err = Config::load(&Flags::default(), env(&[("SOTTO_FANOUT", "redis")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nats"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `sotto-server`: the Sotto delivery service. Parses flags, loads the configuration,
-//! opens the embedded SQLite store and serves the library's router until SIGINT/SIGTERM.
+//! opens the store (embedded SQLite, or PostgreSQL) and the fan-out (in-process, or
+//! NATS between nodes) and serves the library's router until SIGINT/SIGTERM.
 //! Everything else lives in the `sotto-server` library crate.
 
 mod config;
@@ -10,8 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use config::{Config, Flags, LogFormat};
-use sotto_server::{AppState, InProcessFanout, ServerConfig, SystemClock};
+use config::{Config, FanoutBackend, Flags, LogFormat, StoreBackend};
+use sotto_fanout_nats::NatsFanout;
+use sotto_server::{AppState, Fanout, InProcessFanout, ServerConfig, SystemClock};
+use sotto_server_store::Store;
+use sotto_store_postgres::{PostgresOptions, PostgresStore};
 use sotto_store_sqlite::SqliteStore;
 
 /// Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad configuration.
@@ -124,12 +128,38 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
                 )
             })?;
     }
-    let db = config.data_dir.join("sotto.db");
-    let store = SqliteStore::open(&db)
-        .map_err(|e| format!("cannot open the database {}: {e}", db.display()))?;
+    let store: Arc<dyn Store> = match &config.store {
+        StoreBackend::Sqlite => {
+            let db = config.data_dir.join("sotto.db");
+            Arc::new(
+                SqliteStore::open(&db)
+                    .map_err(|e| format!("cannot open the database {}: {e}", db.display()))?,
+            )
+        }
+        StoreBackend::Postgres {
+            url,
+            pool_size,
+            writers,
+        } => {
+            let mut options = PostgresOptions::new(url.clone());
+            options.pool_size = *pool_size;
+            options.writers = *writers;
+            Arc::new(PostgresStore::connect(&options).await.map_err(|e| {
+                format!("cannot use the PostgreSQL database (check database_url and that the server is up): {e}")
+            })?)
+        }
+    };
+    let fanout: Arc<dyn Fanout> = match &config.fanout {
+        FanoutBackend::Local => Arc::new(InProcessFanout::default()),
+        FanoutBackend::Nats { url, prefix } => Arc::new(
+            NatsFanout::connect(url, prefix)
+                .await
+                .map_err(|e| format!("{e} (check nats_url and that nats-server is up)"))?,
+        ),
+    };
     let state = AppState::new(
-        Arc::new(store),
-        Arc::new(InProcessFanout::default()),
+        store,
+        fanout,
         Arc::new(SystemClock),
         ServerConfig {
             retention_secs: config.retention_secs,
@@ -147,10 +177,18 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    println!(
-        "sotto-server listening on {scheme}://{addr} with data in {}",
-        config.data_dir.display()
-    );
+    let data = match &config.store {
+        StoreBackend::Sqlite => format!("data in {}", config.data_dir.display()),
+        StoreBackend::Postgres { .. } => format!(
+            "state in PostgreSQL and blobs in {}",
+            config.data_dir.display()
+        ),
+    };
+    let fanout = match &config.fanout {
+        FanoutBackend::Local => "",
+        FanoutBackend::Nats { .. } => ", fan-out over NATS",
+    };
+    println!("sotto-server listening on {scheme}://{addr} with {data}{fanout}");
     tokio::spawn(sotto_server::expire_loop(
         state.clone(),
         Duration::from_secs(300),

@@ -409,9 +409,7 @@ impl Store for PostgresStore {
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        ops::stats(&mut *self.conn().await?)
-            .await
-            .map_err(op_error)
+        ops::stats(&mut *self.conn().await?).await.map_err(op_error)
     }
 
     fn batch_stats(&self) -> Option<BatchStats> {

@@ -440,11 +440,13 @@ pub(crate) async fn upload_key_packages(
             .bind(id)
             .execute(&mut *c)
             .await?;
-        sqlx::query("INSERT INTO key_packages (device_id, last_resort, body) VALUES ($1, true, $2)")
-            .bind(id)
-            .bind(kp)
-            .execute(c)
-            .await?;
+        sqlx::query(
+            "INSERT INTO key_packages (device_id, last_resort, body) VALUES ($1, true, $2)",
+        )
+        .bind(id)
+        .bind(kp)
+        .execute(c)
+        .await?;
     }
     Ok(())
 }
@@ -541,12 +543,13 @@ pub(crate) async fn create_group(
     if unsigned(known)? != all.len() as u64 {
         return refuse(StoreError::UnknownDevice);
     }
-    let inserted =
-        sqlx::query("INSERT INTO mls_groups (group_id, epoch) VALUES ($1, 0) ON CONFLICT DO NOTHING")
-            .bind(&group.as_bytes()[..])
-            .execute(&mut *c)
-            .await?
-            .rows_affected();
+    let inserted = sqlx::query(
+        "INSERT INTO mls_groups (group_id, epoch) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(&group.as_bytes()[..])
+    .execute(&mut *c)
+    .await?
+    .rows_affected();
     if inserted == 0 {
         return refuse(StoreError::GroupExists);
     }
@@ -788,7 +791,11 @@ pub(crate) async fn ack(c: &mut PgConnection, device: DeviceId, up_to_seq: u64) 
     Ok(entries)
 }
 
-pub(crate) async fn expire(c: &mut PgConnection, now: u64, retention_secs: u64) -> Op<ExpiredCounts> {
+pub(crate) async fn expire(
+    c: &mut PgConnection,
+    now: u64,
+    retention_secs: u64,
+) -> Op<ExpiredCounts> {
     let cutoff = clamp(now.saturating_sub(retention_secs));
     let (entries, bodies) = delete_entries(
         &mut *c,
@@ -844,10 +851,11 @@ pub(crate) async fn take_link_slot(
     slot: &SlotId,
     now: u64,
 ) -> Op<Option<Vec<u8>>> {
-    let row = sqlx::query("DELETE FROM link_slots WHERE slot_id = $1 RETURNING payload, expires_at")
-        .bind(&slot[..])
-        .fetch_optional(c)
-        .await?;
+    let row =
+        sqlx::query("DELETE FROM link_slots WHERE slot_id = $1 RETURNING payload, expires_at")
+            .bind(&slot[..])
+            .fetch_optional(c)
+            .await?;
     let Some(row) = row else {
         return Ok(None);
     };

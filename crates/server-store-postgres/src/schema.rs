@@ -4,8 +4,8 @@
 //! taken and skips). No advisory locks, no `LOCK TABLE`: plain SQL that PostgreSQL-
 //! compatible distributed databases also run. Append steps; never edit a shipped one.
 
-use sqlx::{Connection, PgConnection};
 use sotto_server_store::StoreError;
+use sqlx::{Connection, PgConnection};
 
 use crate::backend;
 

@@ -104,7 +104,10 @@ async fn concurrent_writes_are_group_committed() {
         let store = Arc::clone(&store);
         let sender = if i % 3 == 0 { 3 } else { 1 };
         tasks.push(tokio::spawn(async move {
-            (sender, store.submit_message(message(sender, 100 + i), T0).await)
+            (
+                sender,
+                store.submit_message(message(sender, 100 + i), T0).await,
+            )
         }));
     }
     for task in tasks {

@@ -1,0 +1,197 @@
+//! The NATS [`Fanout`]: wake-ups between Sotto server nodes.
+//!
+//! A node that holds a device's WebSocket subscribes to that device's subject
+//! (`<prefix>.wake.<device id in hex>`: an opaque random id, never a username); a node
+//! that stores a mailbox entry publishes an empty message there. Wake-ups carry no
+//! payload: the woken connection reads the mailbox from the shared store, so a lost or
+//! duplicated wake-up costs at most one extra read, never a message.
+//!
+//! If NATS is unreachable for a while, wake-ups published in that time may be lost.
+//! When the client reconnects (it retries on its own and re-subscribes), every local
+//! subscription is woken once, so each connected device reads what it missed; devices
+//! that connect meanwhile read their mailbox when they connect. Nothing is lost, only
+//! delayed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use sotto_proto::DeviceId;
+use sotto_server::{Fanout, FanoutSubscription};
+use tokio::sync::watch;
+
+/// Default subject prefix.
+pub const DEFAULT_PREFIX: &str = "sotto";
+
+type Local = Arc<Mutex<HashMap<DeviceId, Arc<watch::Sender<u64>>>>>;
+
+/// A [`Fanout`] over a NATS connection.
+#[derive(Clone)]
+pub struct NatsFanout {
+    client: async_nats::Client,
+    prefix: String,
+    local: Local,
+}
+
+impl std::fmt::Debug for NatsFanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsFanout")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// NATS could not be reached at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to NATS at {url}: {reason}")]
+pub struct ConnectError {
+    url: String,
+    reason: String,
+}
+
+fn wake_all(local: &Local) {
+    if let Ok(map) = local.lock() {
+        for tx in map.values() {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+}
+
+impl NatsFanout {
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`). Subjects start with `prefix`
+    /// (letters, digits, `_` and `-`), so several deployments can share one NATS.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, ConnectError> {
+        let fail = |reason: String| ConnectError {
+            url: url.to_owned(),
+            reason,
+        };
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(fail(format!(
+                "the subject prefix {prefix:?} must be letters, digits, '_' or '-'"
+            )));
+        }
+        let local: Local = Arc::default();
+        let on_event = Arc::clone(&local);
+        let client = async_nats::ConnectOptions::new()
+            .name("sotto-server")
+            .event_callback(move |event| {
+                let local = Arc::clone(&on_event);
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            // Back after an outage: wake-ups may have been lost, so
+                            // every connected device re-reads its mailbox.
+                            tracing::info!("NATS connection (re)established; waking local devices");
+                            wake_all(&local);
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(
+                                "NATS connection lost; retrying (devices catch up on reconnect)"
+                            );
+                        }
+                        other => tracing::debug!(event = %other, "NATS event"),
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Self {
+            client,
+            prefix: prefix.to_owned(),
+            local,
+        })
+    }
+
+    fn subject(&self, device: DeviceId) -> String {
+        let hex: String = device
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}.wake.{hex}", self.prefix)
+    }
+
+    /// Keeps one NATS subscription for `device` while anyone on this node listens.
+    fn watch_subject(&self, device: DeviceId, tx: Arc<watch::Sender<u64>>) {
+        let client = self.client.clone();
+        let subject = self.subject(device);
+        let local = Arc::clone(&self.local);
+        tokio::spawn(async move {
+            let mut sub = match client.subscribe(subject).await {
+                Ok(sub) => sub,
+                Err(e) => {
+                    tracing::error!(error = %e, "NATS subscribe failed; this device gets no cross-node push until it reconnects");
+                    forget(&local, device, &tx);
+                    return;
+                }
+            };
+            // The subscription may have started after a wake-up was published: wake
+            // once so the connection re-reads.
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+            loop {
+                tokio::select! {
+                    msg = sub.next() => match msg {
+                        Some(_) => tx.send_modify(|v| *v = v.wrapping_add(1)),
+                        None => break,
+                    },
+                    () = tx.closed() => {
+                        // Every local listener is gone, unless one arrived just now.
+                        if forget(&local, device, &tx) {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = sub.unsubscribe().await;
+        });
+    }
+}
+
+/// Removes `device`'s entry if nobody listens; returns whether it did.
+fn forget(local: &Local, device: DeviceId, tx: &Arc<watch::Sender<u64>>) -> bool {
+    let Ok(mut map) = local.lock() else {
+        return true;
+    };
+    if tx.receiver_count() > 0 {
+        return false;
+    }
+    if map.get(&device).is_some_and(|t| Arc::ptr_eq(t, tx)) {
+        map.remove(&device);
+    }
+    true
+}
+
+#[async_trait]
+impl Fanout for NatsFanout {
+    async fn notify(&self, device: DeviceId) {
+        if let Err(e) = self
+            .client
+            .publish(self.subject(device), Default::default())
+            .await
+        {
+            // The device still gets the entry: from the store when it next reads.
+            tracing::warn!(error = %e, "NATS publish failed; the device will catch up on its next read");
+        }
+    }
+
+    fn subscribe(&self, device: DeviceId) -> FanoutSubscription {
+        let Ok(mut map) = self.local.lock() else {
+            return FanoutSubscription::new(watch::Sender::new(0).subscribe());
+        };
+        if let Some(tx) = map.get(&device) {
+            return FanoutSubscription::new(tx.subscribe());
+        }
+        let tx = Arc::new(watch::Sender::new(0));
+        let rx = tx.subscribe();
+        map.insert(device, Arc::clone(&tx));
+        drop(map);
+        self.watch_subject(device, tx);
+        FanoutSubscription::new(rx)
+    }
+}
