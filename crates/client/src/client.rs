@@ -208,6 +208,14 @@ impl Client {
         })
     }
 
+    /// Talks to `server` from now on, in this session: another node of the same
+    /// deployment (when the one in use is down), or the same service at a new address.
+    /// The server the profile registered with stays recorded.
+    pub fn set_server(&mut self, server: &str) -> Result<(), ClientError> {
+        self.transport = self.transport.with_base(server)?;
+        Ok(())
+    }
+
     /// Replaces the clock (Unix milliseconds), for tests of disappearing messages.
     pub fn set_clock(&mut self, clock: Arc<dyn Fn() -> u64 + Send + Sync>) {
         self.clock = clock;

@@ -122,6 +122,11 @@ impl Transport {
         Self::with_ca(base, None)
     }
 
+    /// The same transport (same trusted CA) for another base URL.
+    pub fn with_base(&self, base: &str) -> Result<Self, ClientError> {
+        Self::with_ca(base, self.ca_pem.as_deref().cloned())
+    }
+
     /// A transport that also trusts the CA certificate(s) in `ca_pem` (for a server
     /// with a private or self-signed certificate), besides the public web roots.
     pub fn with_ca(base: &str, ca_pem: Option<Vec<u8>>) -> Result<Self, ClientError> {

@@ -67,6 +67,16 @@ pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Running {
     }
 }
 
+impl Drop for Running {
+    /// A test that fails half-way must not leave its server running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Running {
     /// SIGKILL: no chance to flush or close anything.
     pub fn kill9(mut self) -> Vec<u8> {

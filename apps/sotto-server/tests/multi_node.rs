@@ -1,0 +1,253 @@
+//! Two server processes on one PostgreSQL database and one NATS: real-time delivery
+//! both ways between users on different nodes, group fan-out across nodes, and a
+//! `kill -9` of one node after which its users carry on through the other with nothing
+//! lost.
+//!
+//! Needs PostgreSQL (`SOTTO_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`; the test creates and drops a database of
+//! its own) and NATS (`SOTTO_TEST_NATS_URL`, default `nats://127.0.0.1:4222`). Without
+//! them it skips loudly, or fails with `SOTTO_REQUIRE_SERVICES=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Running, start};
+use sotto_client::{Client, ClientError, Event};
+use sotto_server_store::suite::service_missing;
+use sqlx::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+/// Longer than any real delivery, shorter than the server's 30 s keepalive (whose
+/// round trip also re-reads the mailbox and would hide a fan-out that never woke).
+const DELIVERY: Duration = Duration::from_secs(15);
+
+struct Database {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A fresh database and the NATS URL, or `None` (reported) when a service is absent.
+async fn services() -> Option<(Database, String, String)> {
+    let admin_url = std::env::var("SOTTO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let nats_url =
+        std::env::var("SOTTO_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            service_missing("PostgreSQL", &e);
+            return None;
+        }
+    };
+    let nats_addr = nats_url.trim_start_matches("nats://").to_owned();
+    if let Err(e) = tokio::net::TcpStream::connect(&nats_addr).await {
+        service_missing("NATS", &e);
+        return None;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!("sotto_multinode_{}_{nanos}", std::process::id());
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let base = admin_url.rsplit_once('/').unwrap().0;
+    let db_url = format!("{base}/{name}");
+    Some((Database { admin_url, name }, db_url, nats_url))
+}
+
+fn node(dir: &std::path::Path, db_url: &str, nats_url: &str, prefix: &str) -> Running {
+    start(
+        dir,
+        &[
+            ("SOTTO_STORE", "postgres"),
+            ("SOTTO_DATABASE_URL", db_url),
+            ("SOTTO_DATABASE_POOL_SIZE", "4"),
+            ("SOTTO_FANOUT", "nats"),
+            ("SOTTO_NATS_URL", nats_url),
+            ("SOTTO_NATS_PREFIX", prefix),
+        ],
+    )
+}
+
+/// A client listening in real time: texts of received messages arrive on the channel.
+struct Listening {
+    client: Arc<Client>,
+    texts: mpsc::UnboundedReceiver<String>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ClientError>>,
+}
+
+fn listen(client: Client) -> Listening {
+    let client = Arc::new(client);
+    let (tx, texts) = mpsc::unbounded_channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = {
+        let client = Arc::clone(&client);
+        tokio::spawn(async move {
+            client
+                .listen(
+                    move |events| {
+                        for event in events {
+                            if let Event::Message(m) = event {
+                                let _ = tx.send(m.text.unwrap_or_default());
+                            }
+                        }
+                    },
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+        })
+    };
+    Listening {
+        client,
+        texts,
+        stop,
+        task,
+    }
+}
+
+impl Listening {
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(DELIVERY, self.texts.recv())
+            .await
+            .expect("not delivered in real time")
+            .unwrap()
+    }
+
+    /// Stops listening and hands the client back.
+    async fn stop(self) -> Client {
+        let _ = self.stop.send(());
+        let _ = self.task.await.unwrap();
+        Arc::into_inner(self.client).expect("no other holder of the client")
+    }
+}
+
+async fn registered(homes: &std::path::Path, name: &str, node: &Running) -> Client {
+    let client = Client::open(&homes.join(name), &format!("http://{}", node.addr)).unwrap();
+    client.register(name).await.unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_deliver_in_real_time_and_survive_losing_one() {
+    let Some((_database, db_url, nats_url)) = services().await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let prefix = format!("sotto-test-{}", std::process::id());
+    let node1 = node(&data.path().join("node1"), &db_url, &nats_url, &prefix);
+    let node2 = node(&data.path().join("node2"), &db_url, &nats_url, &prefix);
+    let homes = tempfile::tempdir().unwrap();
+    let alice = registered(homes.path(), "alice", &node1).await;
+    let bob = registered(homes.path(), "bob", &node2).await;
+    let carol = registered(homes.path(), "carol", &node2).await;
+    let mut alice = listen(alice);
+    let mut bob = listen(bob);
+    let mut carol = listen(carol);
+
+    // 1:1 across nodes, both ways, each delivered as it is sent.
+    alice.client.send_text("bob", "hi bob").await.unwrap();
+    assert_eq!(bob.next().await, "hi bob");
+    bob.client.send_text("alice", "hi alice").await.unwrap();
+    assert_eq!(alice.next().await, "hi alice");
+
+    // A group spanning both nodes.
+    let group = alice
+        .client
+        .create_group("club", &["bob".into(), "carol".into()])
+        .await
+        .unwrap()
+        .to_string();
+    alice.client.send_text(&group, "hello club").await.unwrap();
+    assert_eq!(bob.next().await, "hello club");
+    assert_eq!(carol.next().await, "hello club");
+    carol.client.send_text(&group, "carol here").await.unwrap();
+    assert_eq!(alice.next().await, "carol here");
+    assert_eq!(bob.next().await, "carol here");
+
+    // Node 1 acknowledges five sends and is killed at once.
+    for i in 0..5 {
+        alice
+            .client
+            .send_text("bob", &format!("before the crash {i}"))
+            .await
+            .unwrap();
+    }
+    node1.kill9();
+    for i in 0..5 {
+        assert_eq!(bob.next().await, format!("before the crash {i}"));
+    }
+
+    // While alice is cut off, bob writes; she comes back through node 2.
+    let mut alice_client = alice.stop().await;
+    for i in 0..3 {
+        bob.client
+            .send_text("alice", &format!("while you were away {i}"))
+            .await
+            .unwrap();
+    }
+    carol.client.send_text(&group, "still here").await.unwrap();
+    assert_eq!(bob.next().await, "still here");
+    alice_client
+        .set_server(&format!("http://{}", node2.addr))
+        .unwrap();
+    let mut alice = listen(alice_client);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(alice.next().await);
+    }
+    assert_eq!(
+        got,
+        [
+            "while you were away 0",
+            "while you were away 1",
+            "while you were away 2",
+            "still here"
+        ]
+    );
+    // And she is live on node 2 now.
+    bob.client.send_text("alice", "welcome back").await.unwrap();
+    assert_eq!(alice.next().await, "welcome back");
+    alice.client.send_text(&group, "thanks").await.unwrap();
+    assert_eq!(bob.next().await, "thanks");
+    assert_eq!(carol.next().await, "thanks");
+
+    // Nothing more arrived than was sent: no duplicates anywhere.
+    for listener in [alice, bob, carol] {
+        let mut listener = listener;
+        assert!(
+            listener.texts.try_recv().is_err(),
+            "an unexpected extra message"
+        );
+        listener.stop().await;
+    }
+    node2.stop();
+}
