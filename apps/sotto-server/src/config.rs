@@ -315,7 +315,6 @@ impl Config {
             }
         };
 
-
         Ok(Config {
             listen: b
                 .listen

@@ -35,6 +35,10 @@ pub const CLOSE_DEVICE_REMOVED: u16 = 4001;
 const PAGE: u32 = 100;
 /// How often the server pings an idle socket; a peer that has sent nothing (not even a
 /// pong) for a whole interval after a ping is considered gone.
+/// Read and write buffer size of each WebSocket.
+const WS_BUFFER: usize = 4 * 1024;
+/// Largest frame or message a client may send (acks are a few dozen bytes).
+const MAX_CLIENT_FRAME: usize = 64 * 1024;
 const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `GET /v1/ws` query.
@@ -90,6 +94,14 @@ pub async fn upgrade(
     let ws = ws.map_err(|_| ApiError::bad_request("this endpoint needs a WebSocket upgrade"))?;
     let device = caller.device;
     let after = q.after;
+    // Clients only send small ack frames, and an idle connection should cost little:
+    // the library defaults (128 KiB buffers allocated per connection, 64 MiB messages)
+    // made each idle WebSocket hold ~136 KB of server memory.
+    let ws = ws
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .max_message_size(MAX_CLIENT_FRAME);
     Ok(ws.on_upgrade(move |socket| async move {
         let guard = state.register_socket(device);
         serve(state, socket, device, after, guard).await;

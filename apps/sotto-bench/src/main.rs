@@ -1,0 +1,803 @@
+//! `sotto-bench`: drives a running Sotto server over its real HTTP API and WebSockets
+//! and reports what users feel: messages accepted and delivered per second and the
+//! end-to-end latency (send start to recipient receipt).
+//!
+//! Modes:
+//! - `relay`: pre-built MLS-framed ciphertext of a given size (the server only reads
+//!   the framing), to measure the server itself;
+//! - `e2e`: real clients through the SDK (MLS encryption, local SQLite profiles);
+//! - `fanout`: one message to a group of N devices: time until every mailbox entry is
+//!   durable (the send's 202) and until every connected device has it;
+//! - `idle`: N idle WebSocket connections, for the server's memory per connection.
+//!
+//! Accounts get random names and keys, so runs can repeat against one server.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use ed25519_dalek::{Signer, SigningKey};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sotto_proto::{
+    CertificateFields, ConversationId, DeviceCertificate, DeviceId, DeviceList, DeviceListFields,
+    IdentityPublicKey, MessageId, Username,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Mutex;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Relay,
+    E2e,
+    Fanout,
+    Idle,
+}
+
+/// Load tool for a running Sotto server.
+#[derive(Parser, Debug)]
+#[command(name = "sotto-bench", version)]
+struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "relay")]
+    mode: Mode,
+    /// The server (http:// only).
+    #[arg(long, default_value = "http://127.0.0.1:7480")]
+    server: String,
+    /// Where recipients hold their WebSockets (relay; default: --server). Another node
+    /// of the same deployment measures delivery across nodes.
+    #[arg(long)]
+    recipient_server: Option<String>,
+    /// Sender/recipient pairs (relay, e2e).
+    #[arg(long, default_value_t = 1)]
+    pairs: usize,
+    /// Devices per group, the sender's included (relay: 2 is one-to-one; fanout: N).
+    #[arg(long, default_value_t = 2)]
+    group_size: usize,
+    /// Message size in bytes (relay, fanout).
+    #[arg(long, default_value_t = 200)]
+    payload: usize,
+    /// Target total send rate in messages per second; 0 sends as fast as the server
+    /// answers (each sender waits for its previous send).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Fan-out rounds (one message each).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Idle connections to open (idle).
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// How many 127.0.0.x source addresses to spread connections over (each gives about
+    /// 28k ports).
+    #[arg(long, default_value_t = 4)]
+    source_addrs: u8,
+    /// The server's process id, to report its memory (RSS) when it runs on this machine.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print one JSON object with the results instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sotto-bench: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(report) => {
+            if args.json {
+                println!("{report}");
+            } else {
+                print_human(&report);
+            }
+        }
+        Err(e) => {
+            eprintln!("sotto-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+async fn run(args: &Args) -> Res<Value> {
+    let addr = server_addr(&args.server).await?;
+    let rss_before = args.server_pid.and_then(rss_kib);
+    let mut report = match args.mode {
+        Mode::Relay => relay(args, addr).await?,
+        Mode::E2e => e2e(args).await?,
+        Mode::Fanout => fanout(args, addr).await?,
+        Mode::Idle => idle(args, addr).await?,
+    };
+    if let Some(pid) = args.server_pid {
+        report["server_rss_kib_before"] = json!(rss_before);
+        report["server_rss_kib_after"] = json!(rss_kib(pid));
+    }
+    report["mode"] = json!(format!("{:?}", args.mode).to_lowercase());
+    Ok(report)
+}
+
+fn print_human(report: &Value) {
+    if let Some(map) = report.as_object() {
+        for (k, v) in map {
+            println!("{k:>24}: {v}");
+        }
+    }
+}
+
+async fn server_addr(url: &str) -> Res<SocketAddr> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("--server {url}: only http:// servers can be driven (run the benchmark next to the server or its TLS proxy)")
+    })?;
+    let hostport = rest.trim_end_matches('/');
+    tokio::net::lookup_host(hostport)
+        .await
+        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{hostport} has no address"))
+}
+
+/// The server's resident memory in KiB, from /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // Without an OS random source nothing here would be meaningful.
+    if getrandom::fill(&mut bytes).is_err() {
+        eprintln!("sotto-bench: no OS random source");
+        std::process::exit(1);
+    }
+    bytes
+}
+
+fn run_tag() -> String {
+    random::<4>().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ----- HTTP -----
+
+/// One keep-alive HTTP/1.1 connection.
+struct Http {
+    stream: BufReader<TcpStream>,
+}
+
+impl Http {
+    async fn open(addr: SocketAddr) -> Res<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Self {
+            stream: BufReader::new(stream),
+        })
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> Res<(u16, Value)> {
+        let body = body.to_string();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let io = |e: std::io::Error| format!("HTTP connection failed: {e}");
+        let s = self.stream.get_mut();
+        s.write_all(head.as_bytes()).await.map_err(io)?;
+        s.write_all(body.as_bytes()).await.map_err(io)?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await.map_err(io)?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP response: {line:?}"))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await.map_err(io)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut buf = vec![0; length];
+        self.stream.read_exact(&mut buf).await.map_err(io)?;
+        Ok((status, serde_json::from_slice(&buf).unwrap_or(Value::Null)))
+    }
+}
+
+// ----- accounts, groups, frames -----
+
+struct Account {
+    token: String,
+    device: DeviceId,
+}
+
+async fn register(http: &mut Http, username: &str) -> Res<Account> {
+    let sk = SigningKey::from_bytes(&random::<32>());
+    let pk = IdentityPublicKey::from_bytes(sk.verifying_key().to_bytes());
+    let device = DeviceId::from_bytes(random::<16>());
+    let name = Username::parse(username).map_err(|e| format!("bad username: {e}"))?;
+    let cert_fields = CertificateFields {
+        username: name.clone(),
+        device_id: device,
+        device_key: random::<32>(),
+        identity_key: pk,
+        created_at: 1_700_000_000,
+    };
+    let cert_sig = sk.sign(&cert_fields.to_be_signed()).to_bytes();
+    let list_fields = DeviceListFields {
+        username: name,
+        identity_key: pk,
+        version: 1,
+        devices: vec![DeviceCertificate::from_parts(cert_fields, cert_sig)],
+    };
+    let list_sig = sk.sign(&list_fields.to_be_signed()).to_bytes();
+    let list = DeviceList::from_parts(list_fields, list_sig);
+    let (status, body) = http
+        .request(
+            "POST",
+            "/v1/accounts",
+            None,
+            &json!({"username": username, "device_list": list}),
+        )
+        .await?;
+    if status != 201 {
+        return Err(format!("registering {username}: HTTP {status} {body}"));
+    }
+    let token = body["token"]
+        .as_str()
+        .ok_or("registration answer without a token")?
+        .to_owned();
+    Ok(Account { token, device })
+}
+
+/// Registers `count` accounts named `<prefix><i>` over `parallel` connections.
+async fn register_many(
+    addr: SocketAddr,
+    prefix: &str,
+    count: usize,
+    parallel: usize,
+) -> Res<Vec<Account>> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..parallel.max(1) {
+        let (next, prefix) = (Arc::clone(&next), prefix.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut http = Http::open(addr).await?;
+            let mut made = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= count {
+                    return Ok::<_, String>(made);
+                }
+                made.push((i, register(&mut http, &format!("{prefix}{i}")).await?));
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(count);
+    for t in tasks {
+        all.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, a)| a).collect())
+}
+
+/// MLS PrivateMessage framing (what the server reads): group, epoch, content type
+/// (1 application, 3 commit), empty authenticated data, then opaque bytes.
+fn private_message(group: ConversationId, epoch: u64, content_type: u8, tail: &[u8]) -> Vec<u8> {
+    let mut m = vec![0, 1, 0, 2, 16];
+    m.extend_from_slice(group.as_bytes());
+    m.extend_from_slice(&epoch.to_be_bytes());
+    m.push(content_type);
+    m.push(0);
+    m.extend_from_slice(tail);
+    m
+}
+
+const HEADER: usize = 31;
+
+fn b64(bytes: &[u8]) -> String {
+    sotto_proto::b64::encode(bytes)
+}
+
+/// Creates a group owned by `owner` and adds `members` in one commit (epoch 0 → 1).
+async fn make_group(http: &mut Http, owner: &Account, members: &[DeviceId]) -> Res<ConversationId> {
+    let group = ConversationId::from_bytes(random::<16>());
+    let (status, body) = http
+        .request(
+            "POST",
+            "/v1/groups",
+            Some(&owner.token),
+            &json!({"group_id": group}),
+        )
+        .await?;
+    if status != 201 {
+        return Err(format!("creating a group: HTTP {status} {body}"));
+    }
+    let mut welcome = vec![0, 1, 0, 3];
+    welcome.extend_from_slice(&[0x5a; 64]);
+    let (status, body) = http
+        .request(
+            "POST",
+            &format!("/v1/groups/{group}/commits"),
+            Some(&owner.token),
+            &json!({
+                "epoch": 0,
+                "added": members,
+                "commit": b64(&private_message(group, 0, 3, &[0xc0; 64])),
+                "welcome": b64(&welcome),
+            }),
+        )
+        .await?;
+    if status != 200 {
+        return Err(format!("adding members: HTTP {status} {body}"));
+    }
+    Ok(group)
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+async fn ws_connect(
+    addr: SocketAddr,
+    token: &str,
+    after: u64,
+    source: Option<Ipv4Addr>,
+) -> Res<Ws> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(ip), 0))
+            .map_err(|e| format!("bind {ip}: {e}"))?;
+    }
+    let stream = socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("WebSocket connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut req = format!("ws://{addr}/v1/ws?after={after}")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let auth = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "bad token header".to_owned())?;
+    req.headers_mut().insert("authorization", auth);
+    let (ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    Ok(ws)
+}
+
+/// An entry frame's seq and body.
+fn entry(msg: &Message) -> Option<(u64, Vec<u8>)> {
+    let Message::Text(text) = msg else {
+        return None;
+    };
+    let v: Value = serde_json::from_str(text).ok()?;
+    if v["type"] != "entry" {
+        return None;
+    }
+    let body = sotto_proto::b64::decode(v["body"].as_str()?).ok()?;
+    Some((v["seq"].as_u64()?, body))
+}
+
+// ----- measurement -----
+
+#[derive(Default)]
+struct Stats {
+    accepted: AtomicU64,
+    delivered: AtomicU64,
+    counting: AtomicBool,
+    latencies_us: Mutex<Vec<u64>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    async fn error(&self, kind: String) {
+        if self.counting.load(Ordering::Relaxed) {
+            *self.errors.lock().await.entry(kind).or_default() += 1;
+        }
+    }
+
+    async fn summary(&self, secs: f64) -> Value {
+        let mut l = self.latencies_us.lock().await.clone();
+        l.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            let i = ((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1));
+            l.get(i).copied().unwrap_or(0) as f64 / 1000.0
+        };
+        json!({
+            "seconds": secs,
+            "accepted_per_s": (self.accepted.load(Ordering::Relaxed) as f64 / secs).round(),
+            "delivered_per_s": (self.delivered.load(Ordering::Relaxed) as f64 / secs).round(),
+            "latency_ms": {
+                "p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99),
+                "max": l.last().copied().unwrap_or(0) as f64 / 1000.0,
+            },
+            "errors": *self.errors.lock().await,
+        })
+    }
+}
+
+/// Warm-up, then the measured window with progress on stderr; returns measured seconds.
+async fn measure(args: &Args, stats: &Stats) -> f64 {
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    stats.counting.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    let mut last = (0, 0);
+    for s in 1..=args.duration {
+        tokio::time::sleep_until((start + Duration::from_secs(s)).into()).await;
+        let now = (
+            stats.accepted.load(Ordering::Relaxed),
+            stats.delivered.load(Ordering::Relaxed),
+        );
+        eprintln!(
+            "[{s:>3}s] accepted {:>7}/s  delivered {:>7}/s",
+            now.0 - last.0,
+            now.1 - last.1
+        );
+        last = now;
+    }
+    stats.counting.store(false, Ordering::Relaxed);
+    start.elapsed().as_secs_f64()
+}
+
+/// Paces one sender: `None` for back-to-back.
+fn pacer(args: &Args, senders: usize) -> Option<tokio::time::Interval> {
+    (args.rate > 0.0).then(|| {
+        let every = Duration::from_secs_f64(senders as f64 / args.rate);
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        interval
+    })
+}
+
+// ----- modes -----
+
+async fn relay(args: &Args, addr: SocketAddr) -> Res<Value> {
+    if args.payload < HEADER + 8 {
+        return Err(format!("--payload must be at least {} bytes", HEADER + 8));
+    }
+    let tag = run_tag();
+    let per_group = args.group_size.max(2);
+    eprintln!("setting up {} groups of {per_group} devices", args.pairs);
+    let accounts = register_many(addr, &format!("b{tag}r"), args.pairs * per_group, 8).await?;
+    let mut http = Http::open(addr).await?;
+    let ws_addr = match &args.recipient_server {
+        Some(url) => server_addr(url).await?,
+        None => addr,
+    };
+    let epoch0 = Instant::now();
+    let stats = Arc::new(Stats::default());
+    let running = Arc::new(AtomicBool::new(true));
+    let mut tasks = Vec::new();
+    let mut accounts = accounts.into_iter();
+    for _ in 0..args.pairs {
+        let sender = accounts.next().ok_or("too few accounts")?;
+        let recipients: Vec<Account> = accounts.by_ref().take(per_group - 1).collect();
+        let devices: Vec<DeviceId> = recipients.iter().map(|a| a.device).collect();
+        let group = make_group(&mut http, &sender, &devices).await?;
+        for r in recipients {
+            // Seq 1 is the Welcome.
+            let mut ws = ws_connect(ws_addr, &r.token, 1, None).await?;
+            let (stats, running) = (Arc::clone(&stats), Arc::clone(&running));
+            tasks.push(tokio::spawn(async move {
+                while running.load(Ordering::Relaxed) {
+                    let Ok(Some(Ok(msg))) =
+                        tokio::time::timeout(Duration::from_millis(200), ws.next()).await
+                    else {
+                        continue;
+                    };
+                    let Some((seq, body)) = entry(&msg) else {
+                        continue;
+                    };
+                    let now = epoch0.elapsed().as_micros() as u64;
+                    let sent = body
+                        .get(HEADER..HEADER + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(now, u64::from_be_bytes);
+                    let ack = json!({"type": "ack", "up_to": seq}).to_string();
+                    if ws.send(Message::Text(ack.into())).await.is_err() {
+                        stats.error("websocket closed".into()).await;
+                        break;
+                    }
+                    if stats.counting.load(Ordering::Relaxed) {
+                        stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .latencies_us
+                            .lock()
+                            .await
+                            .push(now.saturating_sub(sent));
+                    }
+                }
+            }));
+        }
+        let (stats, running) = (Arc::clone(&stats), Arc::clone(&running));
+        let mut pace = pacer(args, args.pairs);
+        let payload = args.payload;
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut http) = Http::open(addr).await else {
+                stats.error("connect".into()).await;
+                return;
+            };
+            let path = format!("/v1/groups/{group}/messages");
+            let mut n: u64 = 0;
+            while running.load(Ordering::Relaxed) {
+                if let Some(p) = pace.as_mut() {
+                    p.tick().await;
+                }
+                n += 1;
+                let mut tail = vec![0u8; payload - HEADER];
+                tail[..8].copy_from_slice(&(epoch0.elapsed().as_micros() as u64).to_be_bytes());
+                let id = MessageId::new_v7(1_700_000_000_000 + n, &random::<10>());
+                let body = json!({"message_id": id.to_string(), "body": b64(&private_message(group, 1, 1, &tail))});
+                match http.request("POST", &path, Some(&sender.token), &body).await {
+                    Ok((202, _)) => {
+                        if stats.counting.load(Ordering::Relaxed) {
+                            stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok((status, body)) => {
+                        let code = body["code"].as_str().unwrap_or("").to_owned();
+                        stats.error(format!("HTTP {status} {code}")).await;
+                    }
+                    Err(e) => {
+                        stats.error(e).await;
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    let secs = measure(args, &stats).await;
+    running.store(false, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut report = stats.summary(secs).await;
+    report["pairs"] = json!(args.pairs);
+    report["group_size"] = json!(per_group);
+    report["payload_bytes"] = json!(args.payload);
+    report["target_rate"] = json!(args.rate);
+    Ok(report)
+}
+
+async fn e2e(args: &Args) -> Res<Value> {
+    use sotto_client::{Client, Event};
+    let tag = run_tag();
+    let homes = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let epoch0 = Instant::now();
+    let stats = Arc::new(Stats::default());
+    let running = Arc::new(AtomicBool::new(true));
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut tasks = Vec::new();
+    eprintln!("setting up {} pairs of real clients", args.pairs);
+    for i in 0..args.pairs {
+        let open = |who: &str| {
+            Client::open(&homes.path().join(format!("{who}{i}")), &args.server)
+                .map_err(|e| e.to_string())
+        };
+        let sender = open("s")?;
+        let recipient = Arc::new(open("r")?);
+        let (sname, rname) = (format!("b{tag}s{i}"), format!("b{tag}r{i}"));
+        sender.register(&sname).await.map_err(|e| e.to_string())?;
+        recipient
+            .register(&rname)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The first message sets up the conversation (claim, commit, Welcome).
+        sender
+            .send_text(&rname, "0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let (st, mut stop) = (Arc::clone(&stats), stop_tx.subscribe());
+        let r = Arc::clone(&recipient);
+        tasks.push(tokio::spawn(async move {
+            let _ = r
+                .listen(
+                    move |events| {
+                        let now = epoch0.elapsed().as_micros() as u64;
+                        for e in events {
+                            if let Event::Message(m) = e
+                                && let Some(sent) = m.text.and_then(|t| t.parse::<u64>().ok())
+                                && sent > 0
+                                && st.counting.load(Ordering::Relaxed)
+                            {
+                                st.delivered.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut l) = st.latencies_us.try_lock() {
+                                    l.push(now.saturating_sub(sent));
+                                }
+                            }
+                        }
+                    },
+                    async move {
+                        let _ = stop.recv().await;
+                    },
+                )
+                .await;
+        }));
+        let (stats, running) = (Arc::clone(&stats), Arc::clone(&running));
+        let mut pace = pacer(args, args.pairs);
+        tasks.push(tokio::spawn(async move {
+            while running.load(Ordering::Relaxed) {
+                if let Some(p) = pace.as_mut() {
+                    p.tick().await;
+                }
+                let sent = (epoch0.elapsed().as_micros() as u64).max(1);
+                match sender.send_text(&rname, &sent.to_string()).await {
+                    Ok(_) => {
+                        if stats.counting.load(Ordering::Relaxed) {
+                            stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => stats.error(e.to_string()).await,
+                }
+            }
+        }));
+    }
+    let secs = measure(args, &stats).await;
+    running.store(false, Ordering::Relaxed);
+    // Let the last deliveries land before stopping the listeners.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_tx.send(());
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut report = stats.summary(secs).await;
+    report["pairs"] = json!(args.pairs);
+    report["target_rate"] = json!(args.rate);
+    Ok(report)
+}
+
+async fn fanout(args: &Args, addr: SocketAddr) -> Res<Value> {
+    let tag = run_tag();
+    let n = args.group_size.max(2) - 1;
+    eprintln!("registering 1 sender and {n} recipient devices");
+    let mut accounts = register_many(addr, &format!("b{tag}f"), n + 1, 8).await?;
+    let sender = accounts.remove(0);
+    let mut http = Http::open(addr).await?;
+    let devices: Vec<DeviceId> = accounts.iter().map(|a| a.device).collect();
+    let group = make_group(&mut http, &sender, &devices).await?;
+    eprintln!("connecting {n} WebSockets");
+    let received = Arc::new(AtomicU64::new(0));
+    let all_in = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for (i, a) in accounts.iter().enumerate() {
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % usize::from(args.source_addrs.max(1))) as u8,
+        );
+        let mut ws = ws_connect(addr, &a.token, 1, Some(source)).await?;
+        let (received, all_in) = (Arc::clone(&received), Arc::clone(&all_in));
+        let expected = n as u64;
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                let Some((seq, _)) = entry(&msg) else {
+                    continue;
+                };
+                let ack = json!({"type": "ack", "up_to": seq}).to_string();
+                let _ = ws.send(Message::Text(ack.into())).await;
+                if received.fetch_add(1, Ordering::SeqCst) + 1 == expected {
+                    all_in.notify_one();
+                }
+            }
+        }));
+    }
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        received.store(0, Ordering::SeqCst);
+        let waiter = all_in.notified();
+        let id = MessageId::new_v7(1_700_000_000_000 + round as u64, &random::<10>());
+        let tail = vec![0u8; args.payload.saturating_sub(HEADER)];
+        let body = json!({"message_id": id.to_string(), "body": b64(&private_message(group, 1, 1, &tail))});
+        let start = Instant::now();
+        let (status, answer) = http
+            .request(
+                "POST",
+                &format!("/v1/groups/{group}/messages"),
+                Some(&sender.token),
+                &body,
+            )
+            .await?;
+        let durable = start.elapsed();
+        if status != 202 {
+            return Err(format!("fan-out send: HTTP {status} {answer}"));
+        }
+        tokio::time::timeout(Duration::from_secs(120), waiter)
+            .await
+            .map_err(|_| {
+                format!(
+                    "only {} of {n} devices got the message within 120 s",
+                    received.load(Ordering::SeqCst)
+                )
+            })?;
+        let everyone = start.elapsed();
+        eprintln!(
+            "round {round}: durable for all {n} mailboxes after {:.1} ms, on every device after {:.1} ms",
+            durable.as_secs_f64() * 1e3,
+            everyone.as_secs_f64() * 1e3
+        );
+        rounds.push(json!({"durable_ms": durable.as_secs_f64() * 1e3, "all_delivered_ms": everyone.as_secs_f64() * 1e3}));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    Ok(json!({"recipient_devices": n, "payload_bytes": args.payload, "rounds": rounds}))
+}
+
+async fn idle(args: &Args, addr: SocketAddr) -> Res<Value> {
+    let tag = run_tag();
+    let n = args.connections;
+    eprintln!("registering {n} devices");
+    let accounts = register_many(addr, &format!("b{tag}i"), n, 16).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before = args.server_pid.and_then(rss_kib);
+    eprintln!(
+        "opening {n} idle WebSockets over {} source addresses",
+        args.source_addrs
+    );
+    let mut sockets = Vec::with_capacity(n);
+    for (i, a) in accounts.iter().enumerate() {
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % usize::from(args.source_addrs.max(1))) as u8,
+        );
+        sockets.push(ws_connect(addr, &a.token, 0, Some(source)).await?);
+        if (i + 1) % 10_000 == 0 {
+            eprintln!("  {} open", i + 1);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after = args.server_pid.and_then(rss_kib);
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) => json!((a.saturating_sub(b) as f64 * 1024.0 / n as f64).round()),
+        _ => Value::Null,
+    };
+    drop(sockets);
+    Ok(json!({
+        "connections": n,
+        "server_rss_kib_registered": rss_before,
+        "server_rss_kib_connected": rss_after,
+        "server_bytes_per_connection": per_conn,
+    }))
+}
