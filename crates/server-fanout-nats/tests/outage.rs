@@ -1,0 +1,109 @@
+//! The NATS fan-out between two "nodes" on a private nats-server: wake-ups cross
+//! nodes, and when NATS goes away and comes back, connected devices are woken to catch
+//! up (wake-ups published meanwhile may be lost; the store still has the entries).
+//!
+//! Needs the `nats-server` binary (it starts its own on a free port, so the shared
+//! service is untouched); skips loudly without it, or fails with
+//! `SOTTO_REQUIRE_SERVICES=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sotto_fanout_nats::NatsFanout;
+use sotto_proto::DeviceId;
+use sotto_server::{Fanout, FanoutSubscription};
+use sotto_server_store::suite::service_missing;
+
+fn nats_binary() -> Option<String> {
+    ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        })
+        .map(str::to_owned)
+}
+
+struct Nats(Child);
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_nats(binary: &str, port: u16) -> Nats {
+    let child = Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Nats(child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nats-server did not start on port {port}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn woken(sub: &mut FanoutSubscription, what: &str) {
+    tokio::time::timeout(Duration::from_secs(10), sub.woken())
+        .await
+        .unwrap_or_else(|_| panic!("not woken: {what}"));
+}
+
+async fn not_woken(sub: &mut FanoutSubscription, within: Duration) -> bool {
+    tokio::time::timeout(within, sub.woken()).await.is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_ups_cross_nodes_and_survive_a_nats_outage() {
+    let Some(binary) = nats_binary() else {
+        service_missing("the nats-server binary", &"not found on PATH or in /usr/sbin");
+        return;
+    };
+    let port = free_port();
+    let nats = start_nats(&binary, port).await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let node1 = NatsFanout::connect(&url, "outage-test").await.unwrap();
+    let node2 = NatsFanout::connect(&url, "outage-test").await.unwrap();
+    let alice = DeviceId::from_bytes([1; 16]);
+    let bob = DeviceId::from_bytes([2; 16]);
+
+    // Bob's socket is on node 2. Its subscription wakes once when it is in place.
+    let mut bob_sub = node2.subscribe(bob);
+    woken(&mut bob_sub, "subscription in place").await;
+    node1.notify(bob).await;
+    woken(&mut bob_sub, "a wake-up from the other node").await;
+    // Another device's wake-up is not bob's.
+    node1.notify(alice).await;
+    assert!(not_woken(&mut bob_sub, Duration::from_millis(300)).await);
+
+    // NATS goes away and comes back on the same address.
+    drop(nats);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _nats = start_nats(&binary, port).await;
+    // Without any notify: the reconnect itself wakes bob, so his connection re-reads
+    // the store and picks up whatever was stored while wake-ups could not travel.
+    woken(&mut bob_sub, "catch-up after NATS came back").await;
+    // And the subscription works again, across nodes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node1.notify(bob).await;
+    woken(&mut bob_sub, "a wake-up after the outage").await;
+}
