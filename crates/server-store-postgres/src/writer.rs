@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use sotto_server_store::{BatchStats, StoreError};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, Executor as _, PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend;
@@ -24,9 +24,9 @@ pub const MAX_BATCH: usize = 512;
 /// How many times a batch that lost a deadlock or serialization race is run again.
 const MAX_RETRIES: u32 = 8;
 
-/// What running one request inside the batch's transaction came to.
+/// What running a batch came to.
 pub(crate) enum Step {
-    /// The request has its answer (success or refusal); the transaction is usable.
+    /// Committed.
     Done,
     /// The transaction must be rolled back and the batch run again.
     Retry(sqlx::Error),
@@ -34,10 +34,20 @@ pub(crate) enum Step {
     Abort(StoreError),
 }
 
+/// What one request's work came to, inside the savepoint the batch opened for it.
+pub(crate) enum JobStep {
+    /// Keep its writes.
+    Keep,
+    /// Roll its savepoint back (a refusal, or a database error of its own).
+    Undo,
+    /// The transaction lost a race: roll everything back and run the batch again.
+    Retry(sqlx::Error),
+}
+
 /// One queued write.
 pub(crate) trait WriteJob: Send {
-    /// Runs the work inside a savepoint of the batch's transaction.
-    fn run<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Step>;
+    /// Runs the work inside the savepoint the batch opened for it.
+    fn run<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, JobStep>;
     /// Sends the reply once the transaction's fate is known.
     fn finish(self: Box<Self>, committed: Result<(), StoreError>);
 }
@@ -78,34 +88,20 @@ where
     T: Send,
     F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Op<T>> + Send + Sync,
 {
-    fn run<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Step> {
+    fn run<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, JobStep> {
         Box::pin(async move {
             self.result = None;
-            if let Err(e) = sqlx::query("SAVEPOINT job").execute(&mut *conn).await {
-                return abort_or_retry(e);
-            }
-            let outcome = (self.work)(&mut *conn).await;
-            let (keep, result) = match outcome {
-                Ok(value) => (true, Ok(value)),
-                Err(Fail::Refused(refused)) => (false, Err(refused)),
-                Err(Fail::Db(e)) if retryable(&e) => return Step::Retry(e),
+            let (step, result) = match (self.work)(conn).await {
+                Ok(value) => (JobStep::Keep, Ok(value)),
+                Err(Fail::Refused(refused)) => (JobStep::Undo, Err(refused)),
+                Err(Fail::Db(e)) if retryable(&e) => return JobStep::Retry(e),
                 Err(Fail::Db(e)) => {
                     tracing::warn!(error = %e, "a store write failed; its request gets an error");
-                    (false, Err(backend(e)))
+                    (JobStep::Undo, Err(backend(e)))
                 }
             };
-            let end: &[&str] = if keep {
-                &["RELEASE SAVEPOINT job"]
-            } else {
-                &["ROLLBACK TO SAVEPOINT job", "RELEASE SAVEPOINT job"]
-            };
-            for statement in end {
-                if let Err(e) = sqlx::query(statement).execute(&mut *conn).await {
-                    return abort_or_retry(e);
-                }
-            }
             self.result = Some(result);
-            Step::Done
+            step
         })
     }
 
@@ -194,13 +190,31 @@ async fn try_batch(pool: &PgPool, batch: &mut [Box<dyn WriteJob>]) -> Step {
         Ok(tx) => tx,
         Err(e) => return abort_or_retry(e),
     };
-    for job in batch.iter_mut() {
-        match job.run(&mut tx).await {
-            Step::Done => {}
-            failed => {
+    // One savepoint per request, managed here so each boundary costs one round trip:
+    // "RELEASE; SAVEPOINT" after a kept request, "ROLLBACK TO" (which keeps the
+    // savepoint for the next request) after a refused one, nothing after the last
+    // kept one (COMMIT releases it).
+    if let Err(e) = (&mut *tx).execute("SAVEPOINT job").await {
+        let _ = tx.rollback().await;
+        return abort_or_retry(e);
+    }
+    let count = batch.len();
+    for (i, job) in batch.iter_mut().enumerate() {
+        let last = i + 1 == count;
+        let boundary = match job.run(&mut tx).await {
+            JobStep::Keep if last => None,
+            JobStep::Keep => Some("RELEASE SAVEPOINT job; SAVEPOINT job"),
+            JobStep::Undo => Some("ROLLBACK TO SAVEPOINT job"),
+            JobStep::Retry(e) => {
                 let _ = tx.rollback().await;
-                return failed;
+                return Step::Retry(e);
             }
+        };
+        if let Some(sql) = boundary
+            && let Err(e) = (&mut *tx).execute(sql).await
+        {
+            let _ = tx.rollback().await;
+            return abort_or_retry(e);
         }
     }
     match tx.commit().await {
