@@ -55,13 +55,13 @@ struct Args {
     /// of the same deployment measures delivery across nodes.
     #[arg(long)]
     recipient_server: Option<String>,
-    /// Sender/recipient pairs (relay, e2e).
+    /// Conversations, each with one sender (relay, e2e).
     #[arg(long, default_value_t = 1)]
     pairs: usize,
     /// Devices per group, the sender's included (relay: 2 is one-to-one; fanout: N).
     #[arg(long, default_value_t = 2)]
     group_size: usize,
-    /// Message size in bytes (relay, fanout).
+    /// Message size in bytes (relay and fanout: ciphertext; e2e: plaintext text).
     #[arg(long, default_value_t = 200)]
     payload: usize,
     /// Target total send rate in messages per second; 0 sends as fast as the server
@@ -423,11 +423,17 @@ struct Stats {
     accepted: AtomicU64,
     delivered: AtomicU64,
     counting: AtomicBool,
-    latencies_us: Mutex<Vec<u64>>,
+    latencies_us: std::sync::Mutex<Vec<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Stats {
+    fn latency(&self, us: u64) {
+        if let Ok(mut l) = self.latencies_us.lock() {
+            l.push(us);
+        }
+    }
+
     async fn error(&self, kind: String) {
         if self.counting.load(Ordering::Relaxed) {
             *self.errors.lock().await.entry(kind).or_default() += 1;
@@ -435,7 +441,11 @@ impl Stats {
     }
 
     async fn summary(&self, secs: f64) -> Value {
-        let mut l = self.latencies_us.lock().await.clone();
+        let mut l = self
+            .latencies_us
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
         l.sort_unstable();
         let pct = |p: f64| -> f64 {
             let i = ((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1));
@@ -538,11 +548,7 @@ async fn relay(args: &Args, addr: SocketAddr) -> Res<Value> {
                     }
                     if stats.counting.load(Ordering::Relaxed) {
                         stats.delivered.fetch_add(1, Ordering::Relaxed);
-                        stats
-                            .latencies_us
-                            .lock()
-                            .await
-                            .push(now.saturating_sub(sent));
+                        stats.latency(now.saturating_sub(sent));
                     }
                 }
             }));
@@ -606,60 +612,89 @@ async fn e2e(args: &Args) -> Res<Value> {
     let running = Arc::new(AtomicBool::new(true));
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
-    eprintln!("setting up {} pairs of real clients", args.pairs);
+    let per_group = args.group_size.max(2);
+    eprintln!(
+        "setting up {} conversations of {per_group} real clients",
+        args.pairs
+    );
     for i in 0..args.pairs {
-        let open = |who: &str| {
-            Client::open(&homes.path().join(format!("{who}{i}")), &args.server)
-                .map_err(|e| e.to_string())
+        let open = |who: String| {
+            Client::open(&homes.path().join(&who), &args.server).map_err(|e| e.to_string())
         };
-        let sender = open("s")?;
-        let recipient = Arc::new(open("r")?);
-        let (sname, rname) = (format!("b{tag}s{i}"), format!("b{tag}r{i}"));
-        sender.register(&sname).await.map_err(|e| e.to_string())?;
-        recipient
-            .register(&rname)
-            .await
-            .map_err(|e| e.to_string())?;
-        // The first message sets up the conversation (claim, commit, Welcome).
+        let sender = open(format!("s{i}"))?;
         sender
-            .send_text(&rname, "0")
+            .register(&format!("b{tag}s{i}"))
             .await
             .map_err(|e| e.to_string())?;
-        let (st, mut stop) = (Arc::clone(&stats), stop_tx.subscribe());
-        let r = Arc::clone(&recipient);
-        tasks.push(tokio::spawn(async move {
-            let _ = r
-                .listen(
-                    move |events| {
-                        let now = epoch0.elapsed().as_micros() as u64;
-                        for e in events {
-                            if let Event::Message(m) = e
-                                && let Some(sent) = m.text.and_then(|t| t.parse::<u64>().ok())
-                                && sent > 0
-                                && st.counting.load(Ordering::Relaxed)
-                            {
-                                st.delivered.fetch_add(1, Ordering::Relaxed);
-                                if let Ok(mut l) = st.latencies_us.try_lock() {
-                                    l.push(now.saturating_sub(sent));
+        let mut names = Vec::new();
+        let mut recipients = Vec::new();
+        for j in 1..per_group {
+            let name = format!("b{tag}r{i}x{j}");
+            let client = open(format!("r{i}x{j}"))?;
+            client.register(&name).await.map_err(|e| e.to_string())?;
+            names.push(name);
+            recipients.push(Arc::new(client));
+        }
+        // One-to-one: the recipient's name (the first message sets the conversation
+        // up). A group: created once, then addressed by id.
+        let target = if per_group == 2 {
+            names[0].clone()
+        } else {
+            sender
+                .create_group(&format!("bench {i}"), &names)
+                .await
+                .map_err(|e| e.to_string())?
+                .to_string()
+        };
+        sender
+            .send_text(&target, "0")
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in recipients {
+            let (st, mut stop) = (Arc::clone(&stats), stop_tx.subscribe());
+            tasks.push(tokio::spawn(async move {
+                let _ = r
+                    .listen(
+                        move |events| {
+                            let now = epoch0.elapsed().as_micros() as u64;
+                            for e in events {
+                                let sent = match e {
+                                    Event::Message(m) => m
+                                        .text
+                                        .and_then(|t| t.split(' ').next()?.parse::<u64>().ok()),
+                                    _ => None,
+                                };
+                                if let Some(sent) = sent
+                                    && sent > 0
+                                    && st.counting.load(Ordering::Relaxed)
+                                {
+                                    st.delivered.fetch_add(1, Ordering::Relaxed);
+                                    st.latency(now.saturating_sub(sent));
                                 }
                             }
-                        }
-                    },
-                    async move {
-                        let _ = stop.recv().await;
-                    },
-                )
-                .await;
-        }));
+                        },
+                        async move {
+                            let _ = stop.recv().await;
+                        },
+                    )
+                    .await;
+            }));
+        }
         let (stats, running) = (Arc::clone(&stats), Arc::clone(&running));
         let mut pace = pacer(args, args.pairs);
+        let payload = args.payload;
         tasks.push(tokio::spawn(async move {
             while running.load(Ordering::Relaxed) {
                 if let Some(p) = pace.as_mut() {
                     p.tick().await;
                 }
                 let sent = (epoch0.elapsed().as_micros() as u64).max(1);
-                match sender.send_text(&rname, &sent.to_string()).await {
+                // The send time, then padding up to --payload bytes of text.
+                let mut text = format!("{sent} ");
+                if text.len() < payload {
+                    text.push_str(&"x".repeat(payload - text.len()));
+                }
+                match sender.send_text(&target, &text).await {
                     Ok(_) => {
                         if stats.counting.load(Ordering::Relaxed) {
                             stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -680,6 +715,8 @@ async fn e2e(args: &Args) -> Res<Value> {
     }
     let mut report = stats.summary(secs).await;
     report["pairs"] = json!(args.pairs);
+    report["group_size"] = json!(per_group);
+    report["payload_bytes"] = json!(args.payload);
     report["target_rate"] = json!(args.rate);
     Ok(report)
 }

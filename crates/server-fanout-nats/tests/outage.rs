@@ -16,17 +16,21 @@ use sotto_server::{Fanout, FanoutSubscription};
 use sotto_server_store::suite::service_missing;
 
 fn nats_binary() -> Option<String> {
-    ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok()
-        })
-        .map(str::to_owned)
+    [
+        "nats-server",
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+    ]
+    .into_iter()
+    .find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    })
+    .map(str::to_owned)
 }
 
 struct Nats(Child);
@@ -46,7 +50,10 @@ async fn start_nats(binary: &str, port: u16) -> Nats {
         .spawn()
         .unwrap();
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Nats(child);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -75,7 +82,10 @@ async fn not_woken(sub: &mut FanoutSubscription, within: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wake_ups_cross_nodes_and_survive_a_nats_outage() {
     let Some(binary) = nats_binary() else {
-        service_missing("the nats-server binary", &"not found on PATH or in /usr/sbin");
+        service_missing(
+            "the nats-server binary",
+            &"not found on PATH or in /usr/sbin",
+        );
         return;
     };
     let port = free_port();

@@ -701,18 +701,15 @@ pub(crate) fn fetch(
         )
         .or_backend()?;
     let rows = stmt
-        .query_map(
-            params![&device.as_bytes()[..], clamp(after_seq)],
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, u8>(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
-                    row.get::<_, Vec<u8>>(3)?,
-                    row.get::<_, i64>(4)?,
-                ))
-            },
-        )
+        .query_map(params![&device.as_bytes()[..], clamp(after_seq)], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, u8>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })
         .or_backend()?;
     let mut out = Vec::new();
     for row in rows.take(limit as usize) {
