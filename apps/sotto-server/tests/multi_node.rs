@@ -251,3 +251,56 @@ async fn two_nodes_deliver_in_real_time_and_survive_losing_one() {
     }
     node2.stop();
 }
+
+/// A device has one live connection across the deployment: connecting through node 2
+/// closes its older WebSocket on node 1 with "replaced" (4000), as on a single node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_another_node_replaces_the_older_connection() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let Some((_database, db_url, nats_url)) = services().await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let prefix = format!("sotto-replace-{}", std::process::id());
+    let node1 = node(&data.path().join("node1"), &db_url, &nats_url, &prefix);
+    let node2 = node(&data.path().join("node2"), &db_url, &nats_url, &prefix);
+    let addr1 = node1.addr.clone();
+    let dave = tokio::task::spawn_blocking(move || common::register(&addr1, "dave", 7))
+        .await
+        .unwrap();
+    let connect = |addr: String, token: String| async move {
+        let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    };
+    let mut old = connect(node1.addr.clone(), dave.token.clone()).await;
+    // Let node 1's subscription settle before the newer connection announces itself.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = connect(node2.addr.clone(), dave.token.clone()).await;
+    let closed = tokio::time::timeout(DELIVERY, async {
+        while let Some(frame) = old.next().await {
+            if let Ok(Message::Close(Some(close))) = frame {
+                return Some(close);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the older connection was not closed");
+    let close = closed.expect("closed without a close frame");
+    assert_eq!(u16::from(close.code), 4000, "{close:?}");
+    // The newer connection stays open.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), new.next())
+            .await
+            .is_err(),
+        "the newer connection must stay open"
+    );
+    drop(new);
+    node1.stop();
+    node2.stop();
+}

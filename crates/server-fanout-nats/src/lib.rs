@@ -6,6 +6,11 @@
 //! payload: the woken connection reads the mailbox from the shared store, so a lost or
 //! duplicated wake-up costs at most one extra read, never a message.
 //!
+//! A node that opens a device's WebSocket also publishes its random node id on
+//! `<prefix>.conn.<device id>`; a node holding an older connection of that device is
+//! told through [`FanoutSubscription::take_superseded`] and closes it, so a device has
+//! one live connection across the deployment.
+//!
 //! If NATS is unreachable for a while, wake-ups published in that time may be lost.
 //! When the client reconnects (it retries on its own and re-subscribes), every local
 //! subscription is woken once, so each connected device reads what it missed; devices
@@ -24,7 +29,13 @@ use tokio::sync::watch;
 /// Default subject prefix.
 pub const DEFAULT_PREFIX: &str = "sotto";
 
-type Local = Arc<Mutex<HashMap<DeviceId, Arc<watch::Sender<u64>>>>>;
+/// This node's listeners of one device: wake-ups, and "connected on another node".
+struct Listeners {
+    wake: watch::Sender<u64>,
+    superseded: watch::Sender<u64>,
+}
+
+type Local = Arc<Mutex<HashMap<DeviceId, Arc<Listeners>>>>;
 
 /// A [`Fanout`] over a NATS connection.
 #[derive(Clone)]
@@ -32,6 +43,8 @@ pub struct NatsFanout {
     client: async_nats::Client,
     prefix: String,
     local: Local,
+    /// Random per process: tells this node's connection announcements from others'.
+    node: [u8; 16],
 }
 
 impl std::fmt::Debug for NatsFanout {
@@ -52,8 +65,8 @@ pub struct ConnectError {
 
 fn wake_all(local: &Local) {
     if let Ok(map) = local.lock() {
-        for tx in map.values() {
-            tx.send_modify(|v| *v = v.wrapping_add(1));
+        for listeners in map.values() {
+            listeners.wake.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 }
@@ -101,67 +114,88 @@ impl NatsFanout {
             .connect(url)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        let mut node = [0u8; 16];
+        getrandom::fill(&mut node).map_err(|e| fail(format!("no OS random source: {e}")))?;
         Ok(Self {
             client,
             prefix: prefix.to_owned(),
             local,
+            node,
         })
     }
 
-    fn subject(&self, device: DeviceId) -> String {
+    /// `<prefix>.<kind>.<device id in hex>`.
+    fn subject(&self, kind: &str, device: DeviceId) -> String {
         let hex: String = device
             .as_bytes()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        format!("{}.wake.{hex}", self.prefix)
+        format!("{}.{kind}.{hex}", self.prefix)
     }
 
     /// Keeps one NATS subscription for `device` while anyone on this node listens.
-    fn watch_subject(&self, device: DeviceId, tx: Arc<watch::Sender<u64>>) {
+    fn watch_subject(&self, device: DeviceId, listeners: Arc<Listeners>) {
         let client = self.client.clone();
-        let subject = self.subject(device);
+        let (wake_subject, conn_subject) =
+            (self.subject("wake", device), self.subject("conn", device));
         let local = Arc::clone(&self.local);
+        let node = self.node;
         tokio::spawn(async move {
-            let mut sub = match client.subscribe(subject).await {
-                Ok(sub) => sub,
+            let subscribed = async {
+                Ok::<_, async_nats::SubscribeError>((
+                    client.subscribe(wake_subject).await?,
+                    client.subscribe(conn_subject).await?,
+                ))
+            };
+            let (mut wakes, mut conns) = match subscribed.await {
+                Ok(subs) => subs,
                 Err(e) => {
                     tracing::error!(error = %e, "NATS subscribe failed; this device gets no cross-node push until it reconnects");
-                    forget(&local, device, &tx);
+                    forget(&local, device, &listeners);
                     return;
                 }
             };
             // The subscription may have started after a wake-up was published: wake
             // once so the connection re-reads.
-            tx.send_modify(|v| *v = v.wrapping_add(1));
+            listeners.wake.send_modify(|v| *v = v.wrapping_add(1));
             loop {
                 tokio::select! {
-                    msg = sub.next() => match msg {
-                        Some(_) => tx.send_modify(|v| *v = v.wrapping_add(1)),
+                    msg = wakes.next() => match msg {
+                        Some(_) => listeners.wake.send_modify(|v| *v = v.wrapping_add(1)),
                         None => break,
                     },
-                    () = tx.closed() => {
+                    msg = conns.next() => match msg {
+                        // Another node's announcement: the connection here is older.
+                        Some(m) if m.payload.as_ref() != node => {
+                            listeners.superseded.send_modify(|v| *v = v.wrapping_add(1));
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    () = listeners.wake.closed() => {
                         // Every local listener is gone, unless one arrived just now.
-                        if forget(&local, device, &tx) {
+                        if forget(&local, device, &listeners) {
                             break;
                         }
                     }
                 }
             }
-            let _ = sub.unsubscribe().await;
+            let _ = wakes.unsubscribe().await;
+            let _ = conns.unsubscribe().await;
         });
     }
 }
 
 /// Removes `device`'s entry if nobody listens; returns whether it did.
-fn forget(local: &Local, device: DeviceId, tx: &Arc<watch::Sender<u64>>) -> bool {
+fn forget(local: &Local, device: DeviceId, listeners: &Arc<Listeners>) -> bool {
     let Ok(mut map) = local.lock() else {
         return true;
     };
-    if tx.receiver_count() > 0 {
+    if listeners.wake.receiver_count() > 0 {
         return false;
     }
-    if map.get(&device).is_some_and(|t| Arc::ptr_eq(t, tx)) {
+    if map.get(&device).is_some_and(|t| Arc::ptr_eq(t, listeners)) {
         map.remove(&device);
     }
     true
@@ -172,7 +206,7 @@ impl Fanout for NatsFanout {
     async fn notify(&self, device: DeviceId) {
         if let Err(e) = self
             .client
-            .publish(self.subject(device), Default::default())
+            .publish(self.subject("wake", device), Default::default())
             .await
         {
             // The device still gets the entry: from the store when it next reads.
@@ -184,14 +218,30 @@ impl Fanout for NatsFanout {
         let Ok(mut map) = self.local.lock() else {
             return FanoutSubscription::new(watch::Sender::new(0).subscribe());
         };
-        if let Some(tx) = map.get(&device) {
-            return FanoutSubscription::new(tx.subscribe());
+        if let Some(listeners) = map.get(&device) {
+            return FanoutSubscription::new(listeners.wake.subscribe())
+                .with_superseded(listeners.superseded.subscribe());
         }
-        let tx = Arc::new(watch::Sender::new(0));
-        let rx = tx.subscribe();
-        map.insert(device, Arc::clone(&tx));
+        let listeners = Arc::new(Listeners {
+            wake: watch::Sender::new(0),
+            superseded: watch::Sender::new(0),
+        });
+        let subscription = FanoutSubscription::new(listeners.wake.subscribe())
+            .with_superseded(listeners.superseded.subscribe());
+        map.insert(device, Arc::clone(&listeners));
         drop(map);
-        self.watch_subject(device, tx);
-        FanoutSubscription::new(rx)
+        self.watch_subject(device, listeners);
+        subscription
+    }
+
+    async fn announce_connection(&self, device: DeviceId) {
+        let payload = self.node.to_vec().into();
+        if let Err(e) = self
+            .client
+            .publish(self.subject("conn", device), payload)
+            .await
+        {
+            tracing::warn!(error = %e, "NATS publish failed; an older connection of this device on another node stays open");
+        }
     }
 }

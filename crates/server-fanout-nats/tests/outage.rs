@@ -43,18 +43,21 @@ impl Drop for Nats {
 }
 
 async fn start_nats(binary: &str, port: u16) -> Nats {
-    let child = Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Wrapped at once, so the process is killed and reaped on every path.
+    let nats = Nats(
+        Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Nats(child);
+            return nats;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -116,4 +119,51 @@ async fn wake_ups_cross_nodes_and_survive_a_nats_outage() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     node1.notify(bob).await;
     woken(&mut bob_sub, "a wake-up after the outage").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_on_another_node_supersedes_the_older_one() {
+    let Some(binary) = nats_binary() else {
+        service_missing(
+            "the nats-server binary",
+            &"not found on PATH or in /usr/sbin",
+        );
+        return;
+    };
+    let port = free_port();
+    let _nats = start_nats(&binary, port).await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let node1 = NatsFanout::connect(&url, "supersede-test").await.unwrap();
+    let node2 = NatsFanout::connect(&url, "supersede-test").await.unwrap();
+    let bob = DeviceId::from_bytes([2; 16]);
+    let carol = DeviceId::from_bytes([3; 16]);
+
+    let mut old = node1.subscribe(bob);
+    let mut old_superseded = old.take_superseded();
+    woken(&mut old, "subscription in place").await;
+    // The node's own announcement (this very connection) supersedes nothing, and
+    // another device's connection is not bob's.
+    node1.announce_connection(bob).await;
+    node2.announce_connection(carol).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), old_superseded.announced())
+            .await
+            .is_err(),
+        "superseded by its own or another device's announcement"
+    );
+
+    // Bob connects on node 2: the connection on node 1 learns it is the older one.
+    let mut new = node2.subscribe(bob);
+    let mut new_superseded = new.take_superseded();
+    woken(&mut new, "subscription in place").await;
+    node2.announce_connection(bob).await;
+    tokio::time::timeout(Duration::from_secs(10), old_superseded.announced())
+        .await
+        .expect("the older connection on node 1 is told");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), new_superseded.announced())
+            .await
+            .is_err(),
+        "the new connection must not supersede itself"
+    );
 }

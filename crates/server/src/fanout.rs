@@ -16,6 +16,10 @@ pub trait Fanout: Send + Sync + 'static {
     async fn notify(&self, device: DeviceId);
     /// Subscribes to `device`'s wake-ups.
     fn subscribe(&self, device: DeviceId) -> FanoutSubscription;
+    /// Says that `device` just opened a connection on this node, so other nodes close
+    /// theirs (a device has one live connection). Single-node fan-outs have nothing to
+    /// do: the node replaces its own older connection itself.
+    async fn announce_connection(&self, _device: DeviceId) {}
 }
 
 /// A subscription to one device's wake-ups. Any implementation can build one from a
@@ -23,12 +27,29 @@ pub trait Fanout: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct FanoutSubscription {
     rx: watch::Receiver<u64>,
+    superseded: Option<watch::Receiver<u64>>,
 }
 
 impl FanoutSubscription {
     /// Wraps a `watch` receiver; every change of the value is a wake-up.
     pub fn new(rx: watch::Receiver<u64>) -> Self {
-        Self { rx }
+        Self {
+            rx,
+            superseded: None,
+        }
+    }
+
+    /// Also watches `superseded`: a change means the device connected on another node.
+    #[must_use]
+    pub fn with_superseded(mut self, superseded: watch::Receiver<u64>) -> Self {
+        self.superseded = Some(superseded);
+        self
+    }
+
+    /// Takes the "connected on another node" signal, to wait on it beside the
+    /// wake-ups.
+    pub fn take_superseded(&mut self) -> Superseded {
+        Superseded(self.superseded.take())
     }
 
     /// Resolves at the next wake-up since the last one seen (or since subscribing).
@@ -36,6 +57,25 @@ impl FanoutSubscription {
     pub async fn woken(&mut self) {
         if self.rx.changed().await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves when another node announces a newer connection of the device (changes
+/// after the subscription was taken only). Never resolves for single-node fan-outs.
+#[derive(Debug)]
+pub struct Superseded(Option<watch::Receiver<u64>>);
+
+impl Superseded {
+    /// Waits for another node's announcement.
+    pub async fn announced(&mut self) {
+        match self.0.as_mut() {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
         }
     }
 }

@@ -35,7 +35,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::ApiError;
-pub use fanout::{Fanout, FanoutSubscription, InProcessFanout};
+pub use fanout::{Fanout, FanoutSubscription, InProcessFanout, Superseded};
 pub use metrics::Metrics;
 
 /// Tunables of the delivery service.

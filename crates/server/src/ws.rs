@@ -125,6 +125,9 @@ async fn serve(
 ) {
     // Subscribe before the first read so no wake-up between read and wait is lost.
     let mut wake = state.fanout().subscribe(device);
+    let mut superseded = wake.take_superseded();
+    // Other nodes holding an older connection of this device close it.
+    state.fanout().announce_connection(device).await;
     let mut shutdown = state.shutdown_signal();
     let Some(mut kicked) = guard.kicked.take() else {
         return;
@@ -166,6 +169,7 @@ async fn serve(
         tokio::select! {
             () = wake.woken() => {}
             _ = &mut kicked => break close(CLOSE_REPLACED, "replaced by a newer connection"),
+            () = superseded.announced() => break close(CLOSE_REPLACED, "replaced by a newer connection on another server"),
             () = shut_down(&mut shutdown) => break close(CLOSE_GOING_AWAY, "server shutting down"),
             _ = keepalive.tick() => {
                 if awaiting_pong {
