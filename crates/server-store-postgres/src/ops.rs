@@ -671,63 +671,95 @@ pub(crate) async fn submit_commit(
     })
 }
 
+/// A send in one statement (the hot path: one round trip besides the savepoint
+/// boundary). The statement reads the group and its members, claims the idempotency
+/// record only if the sender is a member and the epoch is in the window, and fans out
+/// only if that claim is new. Rust then turns the flags into the answer, with the same
+/// precedence as the other stores: unknown group, not a member, duplicate, stale epoch.
 pub(crate) async fn submit_message(
     c: &mut PgConnection,
     message: &MessageSubmission,
     now: u64,
 ) -> Op<Accepted> {
     let row = sqlx::query(
-        "SELECT g.epoch,
-                ARRAY(SELECT device_id FROM members WHERE group_id = $1 ORDER BY device_id)
-         FROM mls_groups g WHERE g.group_id = $1",
+        "WITH g AS (
+             SELECT epoch FROM mls_groups WHERE group_id = $1
+         ), m AS (
+             SELECT device_id FROM members WHERE group_id = $1
+         ), ok AS (
+             SELECT (SELECT epoch FROM g) AS epoch,
+                    EXISTS (SELECT 1 FROM m WHERE device_id = $2) AS member
+         ), idem AS (
+             INSERT INTO sent_messages (sender, message_id, created_at)
+             SELECT $2, $3, $6 FROM ok
+             WHERE ok.member AND ok.epoch IS NOT NULL
+               AND $4 <= ok.epoch AND ok.epoch - $4 <= $7
+             ON CONFLICT DO NOTHING
+             RETURNING 1
+         ), s AS (
+             UPDATE devices SET next_seq = next_seq + 1
+             WHERE device_id IN (SELECT device_id FROM m WHERE device_id <> $2)
+               AND EXISTS (SELECT 1 FROM idem)
+             RETURNING device_id, next_seq - 1 AS seq
+         ), n AS (
+             SELECT count(*) AS refs FROM s
+         ), b AS (
+             INSERT INTO bodies (refs, body) SELECT refs, $5 FROM n WHERE refs > 0
+             RETURNING id
+         ), mb AS (
+             INSERT INTO mailbox (device_id, seq, kind, group_id, body_id, received_at)
+             SELECT s.device_id, s.seq, $8, $1, b.id, $6 FROM s CROSS JOIN b
+             RETURNING device_id, seq
+         )
+         SELECT ok.epoch, ok.member, EXISTS (SELECT 1 FROM idem),
+                ARRAY(SELECT device_id FROM mb ORDER BY device_id),
+                ARRAY(SELECT seq FROM mb ORDER BY device_id)
+         FROM ok",
     )
     .bind(&message.group.as_bytes()[..])
-    .fetch_optional(&mut *c)
-    .await?;
-    let Some(row) = row else {
-        return refuse(StoreError::UnknownGroup);
-    };
-    let current = unsigned(row.try_get(0)?)?;
-    let members: Vec<Vec<u8>> = row.try_get(1)?;
-    let members: Vec<DeviceId> = members.iter().map(|id| device_id(id)).collect::<Op<_>>()?;
-    if !members.contains(&message.sender) {
-        return refuse(StoreError::NotAMember);
-    }
-    // Claim the idempotency record first: a resend racing the original on another node
-    // waits for it here and then sees the conflict.
-    let fresh = sqlx::query(
-        "INSERT INTO sent_messages (sender, message_id, created_at) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
-    )
     .bind(&message.sender.as_bytes()[..])
     .bind(&message.client_message_id.as_bytes()[..])
+    .bind(clamp(message.epoch))
+    .bind(&message.body)
     .bind(int(now)?)
-    .execute(&mut *c)
-    .await?
-    .rows_affected();
-    if fresh == 0 {
-        return Ok(Accepted {
-            epoch: current,
-            delivered: Vec::new(),
-            duplicate: true,
-        });
+    .bind(int(MESSAGE_EPOCH_WINDOW)?)
+    .bind(i16::from(EntryKind::Message.code()))
+    .fetch_one(&mut *c)
+    .await?;
+    let epoch: Option<i64> = row.try_get(0)?;
+    let Some(current) = epoch.map(unsigned).transpose()? else {
+        return refuse(StoreError::UnknownGroup);
+    };
+    let member: bool = row.try_get(1)?;
+    if !member {
+        return refuse(StoreError::NotAMember);
     }
-    if message.epoch > current || current - message.epoch > MESSAGE_EPOCH_WINDOW {
+    let fresh: bool = row.try_get(2)?;
+    if !fresh {
+        // Either a resend (the record exists) or an epoch outside the window.
+        let seen: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sent_messages WHERE sender = $1 AND message_id = $2)",
+        )
+        .bind(&message.sender.as_bytes()[..])
+        .bind(&message.client_message_id.as_bytes()[..])
+        .fetch_one(c)
+        .await?;
+        if seen {
+            return Ok(Accepted {
+                epoch: current,
+                delivered: Vec::new(),
+                duplicate: true,
+            });
+        }
         return refuse(StoreError::StaleEpoch { current });
     }
-    let recipients: Vec<DeviceId> = members
-        .into_iter()
-        .filter(|id| *id != message.sender)
-        .collect();
-    let delivered = fan_out(
-        c,
-        &recipients,
-        EntryKind::Message,
-        message.group,
-        &message.body,
-        now,
-    )
-    .await?;
+    let ids: Vec<Vec<u8>> = row.try_get(3)?;
+    let seqs: Vec<i64> = row.try_get(4)?;
+    let delivered = ids
+        .iter()
+        .zip(seqs)
+        .map(|(id, seq)| Ok((device_id(id)?, unsigned(seq)?)))
+        .collect::<Op<Vec<_>>>()?;
     Ok(Accepted {
         epoch: current,
         delivered,
@@ -778,16 +810,18 @@ pub(crate) async fn fetch(
 }
 
 pub(crate) async fn ack(c: &mut PgConnection, device: DeviceId, up_to_seq: u64) -> Op<u64> {
-    if !device_exists(&mut *c, device).await? {
-        return refuse(StoreError::UnknownDevice);
-    }
     let (entries, _) = delete_entries(
-        c,
+        &mut *c,
         "DELETE FROM mailbox WHERE device_id = $1 AND seq <= $2 RETURNING body_id",
         device.as_bytes().to_vec(),
         clamp(up_to_seq),
     )
     .await?;
+    // Entries exist only for existing devices; ask only when there were none (a round
+    // trip saved on every real ack).
+    if entries == 0 && !device_exists(c, device).await? {
+        return refuse(StoreError::UnknownDevice);
+    }
     Ok(entries)
 }
 
