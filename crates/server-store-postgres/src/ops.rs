@@ -810,19 +810,58 @@ pub(crate) async fn fetch(
 }
 
 pub(crate) async fn ack(c: &mut PgConnection, device: DeviceId, up_to_seq: u64) -> Op<u64> {
-    let (entries, _) = delete_entries(
-        &mut *c,
-        "DELETE FROM mailbox WHERE device_id = $1 AND seq <= $2 RETURNING body_id",
-        device.as_bytes().to_vec(),
-        clamp(up_to_seq),
+    // The bodies' reference counts are not touched here: the releases are queued and
+    // the batch applies them in bulk ([`apply_releases`]), so the acks of every member
+    // of a large group do not take turns on one body row.
+    let entries: i64 = sqlx::query_scalar(
+        "WITH gone AS (
+             DELETE FROM mailbox WHERE device_id = $1 AND seq <= $2 RETURNING body_id
+         ), rel AS (
+             INSERT INTO body_releases (body_id, n)
+             SELECT body_id, count(*) FROM gone GROUP BY body_id
+             RETURNING n
+         )
+         SELECT COALESCE(sum(n), 0)::BIGINT FROM rel",
     )
+    .bind(&device.as_bytes()[..])
+    .bind(clamp(up_to_seq))
+    .fetch_one(&mut *c)
     .await?;
     // Entries exist only for existing devices; ask only when there were none (a round
     // trip saved on every real ack).
     if entries == 0 && !device_exists(c, device).await? {
         return refuse(StoreError::UnknownDevice);
     }
-    Ok(entries)
+    unsigned(entries)
+}
+
+/// Applies the queued body releases (from acks) and deletes the bodies nobody needs
+/// any more. Run by every write batch before it commits, so an acknowledged ack has
+/// freed its bodies. Returns how many bodies were deleted.
+pub(crate) async fn apply_releases(c: &mut PgConnection) -> Op<u64> {
+    let freed: Vec<i64> = sqlx::query_scalar(
+        "WITH r AS (
+             DELETE FROM body_releases RETURNING body_id, n
+         ), s AS (
+             SELECT body_id, sum(n)::BIGINT AS n FROM r GROUP BY body_id
+         ), dec AS (
+             UPDATE bodies SET refs = bodies.refs - s.n FROM s
+             WHERE bodies.id = s.body_id RETURNING bodies.id, bodies.refs
+         )
+         SELECT ARRAY(SELECT id FROM dec WHERE refs <= 0 ORDER BY id)",
+    )
+    .fetch_one(&mut *c)
+    .await?;
+    if freed.is_empty() {
+        return Ok(0);
+    }
+    Ok(
+        sqlx::query("DELETE FROM bodies WHERE id = ANY($1) AND refs <= 0")
+            .bind(&freed)
+            .execute(c)
+            .await?
+            .rows_affected(),
+    )
 }
 
 pub(crate) async fn expire(

@@ -86,6 +86,16 @@ const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL
     );
     "#,
+    // 2: acks queue their body releases here (append-only, so thousands of acks for one
+    // group message do not queue on that body's row); each write batch applies the
+    // queue in bulk before it commits.
+    r#"
+    CREATE TABLE body_releases (
+        id      BIGSERIAL PRIMARY KEY,
+        body_id BIGINT NOT NULL,
+        n       BIGINT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this code writes.

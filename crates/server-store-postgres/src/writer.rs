@@ -217,6 +217,18 @@ async fn try_batch(pool: &PgPool, batch: &mut [Box<dyn WriteJob>]) -> Step {
             return abort_or_retry(e);
         }
     }
+    // Acks in this batch queued body releases: apply them before committing.
+    match crate::ops::apply_releases(&mut tx).await {
+        Ok(_) => {}
+        Err(Fail::Db(e)) => {
+            let _ = tx.rollback().await;
+            return abort_or_retry(e);
+        }
+        Err(Fail::Refused(e)) => {
+            let _ = tx.rollback().await;
+            return Step::Abort(e);
+        }
+    }
     match tx.commit().await {
         Ok(()) => Step::Done,
         Err(e) => abort_or_retry(e),
