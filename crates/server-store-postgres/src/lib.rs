@@ -193,8 +193,26 @@ impl PostgresStore {
         T: Send + 'static,
         F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Op<T>> + Send + Sync + 'static,
     {
+        self.submit(work, false).await
+    }
+
+    /// Like [`Self::write`] for work that queues body releases (acks): the batch
+    /// applies the queue before it commits.
+    async fn write_releasing<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Op<T>> + Send + Sync + 'static,
+    {
+        self.submit(work, true).await
+    }
+
+    async fn submit<T, F>(&self, work: F, queues_releases: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Op<T>> + Send + Sync + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn WriteJob> = Box::new(Job::new(work, reply));
+        let job: Box<dyn WriteJob> = Box::new(Job::new(work, queues_releases, reply));
         self.queue
             .as_ref()
             .ok_or_else(writers_gone)?
@@ -380,7 +398,7 @@ impl Store for PostgresStore {
     }
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
-        self.write(move |c| Box::pin(ops::ack(c, device, up_to_seq)))
+        self.write_releasing(move |c| Box::pin(ops::ack(c, device, up_to_seq)))
             .await
     }
 

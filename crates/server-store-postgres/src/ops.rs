@@ -139,6 +139,36 @@ async fn group_epoch(c: &mut PgConnection, group: ConversationId) -> Op<Option<u
     epoch.map(unsigned).transpose()
 }
 
+/// The tail of a fan-out statement, after a CTE `s(device_id, seq)` that has taken a
+/// sequence number for each recipient: stores the body once with its reference count
+/// and appends the mailbox entries (`mb`). The arguments name the statement's
+/// parameters for the body, the entry kind, the group and the time.
+macro_rules! store_once_and_index {
+    ($body:literal, $kind:literal, $group:literal, $now:literal) => {
+        concat!(
+            "n AS (
+                 SELECT count(*) AS refs FROM s
+             ), b AS (
+                 INSERT INTO bodies (refs, body) SELECT refs, ",
+            $body,
+            " FROM n WHERE refs > 0
+                 RETURNING id
+             ), mb AS (
+                 INSERT INTO mailbox (device_id, seq, kind, group_id, body_id, received_at)
+                 SELECT s.device_id, s.seq, ",
+            $kind,
+            ", ",
+            $group,
+            ", b.id, ",
+            $now,
+            "
+                 FROM s CROSS JOIN b
+                 RETURNING device_id, seq
+             )"
+        )
+    };
+}
+
 /// Stores `body` once (counting its references) and appends an entry to each
 /// recipient's mailbox, in one statement. Recipients that no longer exist are skipped.
 async fn fan_out(
@@ -152,22 +182,14 @@ async fn fan_out(
     if recipients.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "WITH s AS (
              UPDATE devices SET next_seq = next_seq + 1 WHERE device_id = ANY($1)
              RETURNING device_id, next_seq - 1 AS seq
-         ), n AS (
-             SELECT count(*) AS refs FROM s
-         ), b AS (
-             INSERT INTO bodies (refs, body) SELECT refs, $2 FROM n WHERE refs > 0
-             RETURNING id
-         ), m AS (
-             INSERT INTO mailbox (device_id, seq, kind, group_id, body_id, received_at)
-             SELECT s.device_id, s.seq, $3, $4, b.id, $5 FROM s CROSS JOIN b
-             RETURNING device_id, seq
-         )
-         SELECT device_id, seq FROM m ORDER BY device_id",
-    )
+         ), ",
+        store_once_and_index!("$2", "$3", "$4", "$5"),
+        " SELECT device_id, seq FROM mb ORDER BY device_id"
+    ))
     .bind(ids(recipients))
     .bind(body)
     .bind(i16::from(kind.code()))
@@ -184,43 +206,58 @@ async fn fan_out(
     Ok(delivered)
 }
 
-/// Deletes the rows `delete_sql` selects (a `DELETE ... RETURNING body_id` that uses
-/// both parameters, `$1` bytea and `$2` bigint; `$n = $n` marks one it does not need),
-/// decrements the reference counts of their bodies and
-/// deletes the bodies nobody needs any more. Returns (entries deleted, bodies freed).
-async fn delete_entries(
-    c: &mut PgConnection,
-    delete_sql: &str,
-    first: Vec<u8>,
-    second: i64,
-) -> Op<(u64, u64)> {
-    let sql = format!(
-        "WITH gone AS ({delete_sql}),
-              counts AS (SELECT body_id, count(*) AS n FROM gone GROUP BY body_id),
-              dec AS (
-                  UPDATE bodies SET refs = bodies.refs - counts.n FROM counts
-                  WHERE bodies.id = counts.body_id RETURNING bodies.id, bodies.refs
-              )
-         SELECT (SELECT count(*) FROM gone),
-                ARRAY(SELECT id FROM dec WHERE refs <= 0)"
-    );
-    let row = sqlx::query(&sql)
-        .bind(first)
-        .bind(second)
-        .fetch_one(&mut *c)
-        .await?;
-    let entries: i64 = row.try_get(0)?;
-    let unreferenced: Vec<i64> = row.try_get(1)?;
-    let freed = if unreferenced.is_empty() {
-        0
-    } else {
+/// A `DELETE` of mailbox entries (the argument is its `WHERE` clause) that queues the
+/// releases of their bodies in `body_releases` and yields how many entries it deleted.
+/// The queue is applied by [`apply_releases`]: every write batch that acked runs it
+/// before committing, and the rarer deletions run it themselves.
+macro_rules! delete_and_queue_releases {
+    ($filter:literal) => {
+        concat!(
+            "WITH gone AS (
+                 DELETE FROM mailbox WHERE ",
+            $filter,
+            " RETURNING body_id
+             ), rel AS (
+                 INSERT INTO body_releases (body_id, n)
+                 SELECT body_id, count(*) FROM gone GROUP BY body_id
+                 RETURNING n
+             )
+             SELECT COALESCE(sum(n), 0)::BIGINT FROM rel"
+        )
+    };
+}
+
+/// Applies the queued body releases and deletes the bodies nobody needs any more, in
+/// the current transaction. Returns how many bodies were deleted.
+///
+/// Releases are queued (append-only) rather than applied by each deletion, so the acks
+/// of every member of a large group do not take turns on one body row; one statement
+/// then subtracts the summed counts. The deletion must be a second statement: data-
+/// modifying CTEs do not see each other's changes to the same row.
+pub(crate) async fn apply_releases(c: &mut PgConnection) -> Op<u64> {
+    let freed: Vec<i64> = sqlx::query_scalar(
+        "WITH r AS (
+             DELETE FROM body_releases RETURNING body_id, n
+         ), s AS (
+             SELECT body_id, sum(n)::BIGINT AS n FROM r GROUP BY body_id
+         ), dec AS (
+             UPDATE bodies SET refs = bodies.refs - s.n FROM s
+             WHERE bodies.id = s.body_id RETURNING bodies.id, bodies.refs
+         )
+         SELECT ARRAY(SELECT id FROM dec WHERE refs <= 0 ORDER BY id)",
+    )
+    .fetch_one(&mut *c)
+    .await?;
+    if freed.is_empty() {
+        return Ok(0);
+    }
+    Ok(
         sqlx::query("DELETE FROM bodies WHERE id = ANY($1) AND refs <= 0")
-            .bind(&unreferenced)
+            .bind(&freed)
             .execute(c)
             .await?
-            .rows_affected()
-    };
-    Ok((unsigned(entries)?, freed))
+            .rows_affected(),
+    )
 }
 
 // ----- accounts and devices -----
@@ -374,13 +411,11 @@ pub(crate) async fn remove_device(
     if owner.as_deref() != Some(name.as_str()) {
         return refuse(StoreError::UnknownDevice);
     }
-    delete_entries(
-        c,
-        "DELETE FROM mailbox WHERE device_id = $1 AND $2 = $2 RETURNING body_id",
-        id.clone(),
-        0,
-    )
-    .await?;
+    sqlx::query(delete_and_queue_releases!("device_id = $1"))
+        .bind(&id)
+        .execute(&mut *c)
+        .await?;
+    apply_releases(&mut *c).await?;
     // Memberships and KeyPackages go with the device (ON DELETE CASCADE); then groups
     // left without members.
     let groups: Vec<Vec<u8>> = sqlx::query_scalar(
@@ -681,7 +716,7 @@ pub(crate) async fn submit_message(
     message: &MessageSubmission,
     now: u64,
 ) -> Op<Accepted> {
-    let row = sqlx::query(
+    let row = sqlx::query(concat!(
         "WITH g AS (
              SELECT epoch FROM mls_groups WHERE group_id = $1
          ), m AS (
@@ -701,21 +736,14 @@ pub(crate) async fn submit_message(
              WHERE device_id IN (SELECT device_id FROM m WHERE device_id <> $2)
                AND EXISTS (SELECT 1 FROM idem)
              RETURNING device_id, next_seq - 1 AS seq
-         ), n AS (
-             SELECT count(*) AS refs FROM s
-         ), b AS (
-             INSERT INTO bodies (refs, body) SELECT refs, $5 FROM n WHERE refs > 0
-             RETURNING id
-         ), mb AS (
-             INSERT INTO mailbox (device_id, seq, kind, group_id, body_id, received_at)
-             SELECT s.device_id, s.seq, $8, $1, b.id, $6 FROM s CROSS JOIN b
-             RETURNING device_id, seq
-         )
+         ), ",
+        store_once_and_index!("$5", "$8", "$1", "$6"),
+        "
          SELECT ok.epoch, ok.member, EXISTS (SELECT 1 FROM idem),
                 ARRAY(SELECT device_id FROM mb ORDER BY device_id),
                 ARRAY(SELECT seq FROM mb ORDER BY device_id)
-         FROM ok",
-    )
+         FROM ok"
+    ))
     .bind(&message.group.as_bytes()[..])
     .bind(&message.sender.as_bytes()[..])
     .bind(&message.client_message_id.as_bytes()[..])
@@ -810,23 +838,13 @@ pub(crate) async fn fetch(
 }
 
 pub(crate) async fn ack(c: &mut PgConnection, device: DeviceId, up_to_seq: u64) -> Op<u64> {
-    // The bodies' reference counts are not touched here: the releases are queued and
-    // the batch applies them in bulk ([`apply_releases`]), so the acks of every member
-    // of a large group do not take turns on one body row.
-    let entries: i64 = sqlx::query_scalar(
-        "WITH gone AS (
-             DELETE FROM mailbox WHERE device_id = $1 AND seq <= $2 RETURNING body_id
-         ), rel AS (
-             INSERT INTO body_releases (body_id, n)
-             SELECT body_id, count(*) FROM gone GROUP BY body_id
-             RETURNING n
-         )
-         SELECT COALESCE(sum(n), 0)::BIGINT FROM rel",
-    )
-    .bind(&device.as_bytes()[..])
-    .bind(clamp(up_to_seq))
-    .fetch_one(&mut *c)
-    .await?;
+    // The releases stay queued: the batch applies them (see `PostgresStore::ack`).
+    let entries: i64 =
+        sqlx::query_scalar(delete_and_queue_releases!("device_id = $1 AND seq <= $2"))
+            .bind(&device.as_bytes()[..])
+            .bind(clamp(up_to_seq))
+            .fetch_one(&mut *c)
+            .await?;
     // Entries exist only for existing devices; ask only when there were none (a round
     // trip saved on every real ack).
     if entries == 0 && !device_exists(c, device).await? {
@@ -835,48 +853,18 @@ pub(crate) async fn ack(c: &mut PgConnection, device: DeviceId, up_to_seq: u64) 
     unsigned(entries)
 }
 
-/// Applies the queued body releases (from acks) and deletes the bodies nobody needs
-/// any more. Run by every write batch before it commits, so an acknowledged ack has
-/// freed its bodies. Returns how many bodies were deleted.
-pub(crate) async fn apply_releases(c: &mut PgConnection) -> Op<u64> {
-    let freed: Vec<i64> = sqlx::query_scalar(
-        "WITH r AS (
-             DELETE FROM body_releases RETURNING body_id, n
-         ), s AS (
-             SELECT body_id, sum(n)::BIGINT AS n FROM r GROUP BY body_id
-         ), dec AS (
-             UPDATE bodies SET refs = bodies.refs - s.n FROM s
-             WHERE bodies.id = s.body_id RETURNING bodies.id, bodies.refs
-         )
-         SELECT ARRAY(SELECT id FROM dec WHERE refs <= 0 ORDER BY id)",
-    )
-    .fetch_one(&mut *c)
-    .await?;
-    if freed.is_empty() {
-        return Ok(0);
-    }
-    Ok(
-        sqlx::query("DELETE FROM bodies WHERE id = ANY($1) AND refs <= 0")
-            .bind(&freed)
-            .execute(c)
-            .await?
-            .rows_affected(),
-    )
-}
-
 pub(crate) async fn expire(
     c: &mut PgConnection,
     now: u64,
     retention_secs: u64,
 ) -> Op<ExpiredCounts> {
     let cutoff = clamp(now.saturating_sub(retention_secs));
-    let (entries, bodies) = delete_entries(
-        &mut *c,
-        "DELETE FROM mailbox WHERE received_at < $2 AND $1 = $1 RETURNING body_id",
-        Vec::new(),
-        cutoff,
-    )
-    .await?;
+    let entries: i64 = sqlx::query_scalar(delete_and_queue_releases!("received_at < $1"))
+        .bind(cutoff)
+        .fetch_one(&mut *c)
+        .await?;
+    let entries = unsigned(entries)?;
+    let bodies = apply_releases(&mut *c).await?;
     let idempotency_records = sqlx::query("DELETE FROM sent_messages WHERE created_at < $1")
         .bind(cutoff)
         .execute(&mut *c)

@@ -48,20 +48,28 @@ pub(crate) enum JobStep {
 pub(crate) trait WriteJob: Send {
     /// Runs the work inside the savepoint the batch opened for it.
     fn run<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, JobStep>;
+    /// Whether the work queues body releases that the batch must apply before COMMIT.
+    fn queues_releases(&self) -> bool;
     /// Sends the reply once the transaction's fate is known.
     fn finish(self: Box<Self>, committed: Result<(), StoreError>);
 }
 
 pub(crate) struct Job<T, F> {
     work: F,
+    queues_releases: bool,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
 impl<T, F> Job<T, F> {
-    pub(crate) fn new(work: F, reply: oneshot::Sender<Result<T, StoreError>>) -> Self {
+    pub(crate) fn new(
+        work: F,
+        queues_releases: bool,
+        reply: oneshot::Sender<Result<T, StoreError>>,
+    ) -> Self {
         Self {
             work,
+            queues_releases,
             result: None,
             reply,
         }
@@ -103,6 +111,10 @@ where
             self.result = Some(result);
             step
         })
+    }
+
+    fn queues_releases(&self) -> bool {
+        self.queues_releases
     }
 
     fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
@@ -217,16 +229,19 @@ async fn try_batch(pool: &PgPool, batch: &mut [Box<dyn WriteJob>]) -> Step {
             return abort_or_retry(e);
         }
     }
-    // Acks in this batch queued body releases: apply them before committing.
-    match crate::ops::apply_releases(&mut tx).await {
-        Ok(_) => {}
-        Err(Fail::Db(e)) => {
-            let _ = tx.rollback().await;
-            return abort_or_retry(e);
-        }
-        Err(Fail::Refused(e)) => {
-            let _ = tx.rollback().await;
-            return Step::Abort(e);
+    // Acks in this batch queued body releases: apply them before committing (a batch
+    // of sends only skips the round trip).
+    if batch.iter().any(|job| job.queues_releases()) {
+        match crate::ops::apply_releases(&mut tx).await {
+            Ok(_) => {}
+            Err(Fail::Db(e)) => {
+                let _ = tx.rollback().await;
+                return abort_or_retry(e);
+            }
+            Err(Fail::Refused(e)) => {
+                let _ = tx.rollback().await;
+                return Step::Abort(e);
+            }
         }
     }
     match tx.commit().await {
