@@ -84,49 +84,13 @@ fn message(sender: u8, id: u64) -> MessageSubmission {
     }
 }
 
-/// Concurrent writers share transactions; a refused request rolls back only itself.
+/// Concurrent writers share transactions (the shared check for batching stores).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_are_group_committed() {
     let Some((store, _schema)) = fresh().await else {
         return;
     };
-    let store = Arc::new(store);
-    register(&*store, "alice", 1, T0).await.unwrap();
-    register(&*store, "bob", 2, T0).await.unwrap();
-    register(&*store, "eve", 3, T0).await.unwrap();
-    store
-        .create_group(gid(1), dev(1), vec![dev(2)])
-        .await
-        .unwrap();
-    let before = store.batch_stats().unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..300u64 {
-        let store = Arc::clone(&store);
-        let sender = if i % 3 == 0 { 3 } else { 1 };
-        tasks.push(tokio::spawn(async move {
-            (
-                sender,
-                store.submit_message(message(sender, 100 + i), T0).await,
-            )
-        }));
-    }
-    for task in tasks {
-        match task.await.unwrap() {
-            (1, result) => assert!(!result.unwrap().duplicate),
-            (_, result) => assert_eq!(result, Err(StoreError::NotAMember)),
-        }
-    }
-    let after = store.batch_stats().unwrap();
-    assert_eq!(after.writes - before.writes, 300);
-    assert!(
-        after.batches - before.batches < 300,
-        "expected batching, got {after:?}"
-    );
-    assert_eq!(after.failed_commits, 0);
-    let entries = store.fetch(dev(2), 0, 500).await.unwrap();
-    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
-    assert_eq!(store.stats().await.unwrap().bodies, 200);
+    sotto_server_store::suite::concurrent_writes_are_group_committed(store).await;
 }
 
 /// Two nodes (two stores on one database) race commits for the same epochs and sends

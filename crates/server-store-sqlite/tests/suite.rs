@@ -3,10 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use std::sync::Arc;
-
 use sotto_server_store::suite::{T0, dev, gid, msg_id, register, token, user};
-use sotto_server_store::{MessageSubmission, Store, StoreError};
+use sotto_server_store::{MessageSubmission, Store};
 use sotto_store_sqlite::SqliteStore;
 use tempfile::TempDir;
 
@@ -82,57 +80,11 @@ async fn acknowledged_writes_survive_reopen() {
     assert_eq!(next.delivered, vec![(dev(2), 4)]);
 }
 
-/// Concurrent writers share transactions: many sends, fewer commits, all delivered;
-/// a refused request inside a batch (a non-member's send) rolls back only itself.
+/// Concurrent writers share transactions (the shared check for batching stores).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_are_group_committed() {
     let (store, _dir) = fresh();
-    let store = Arc::new(store);
-    register(&*store, "alice", 1, T0).await.unwrap();
-    register(&*store, "bob", 2, T0).await.unwrap();
-    register(&*store, "eve", 3, T0).await.unwrap();
-    store
-        .create_group(gid(1), dev(1), vec![dev(2)])
-        .await
-        .unwrap();
-    let before = store.batch_stats().unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..300u64 {
-        let store = Arc::clone(&store);
-        // Every third request comes from a non-member and must be refused.
-        let sender = if i % 3 == 0 { 3 } else { 1 };
-        tasks.push(tokio::spawn(async move {
-            (
-                sender,
-                store
-                    .submit_message(message(sender, 100 + i, b"m"), T0)
-                    .await,
-            )
-        }));
-    }
-    for task in tasks {
-        match task.await.unwrap() {
-            (1, result) => assert!(!result.unwrap().duplicate),
-            (_, result) => assert_eq!(result, Err(StoreError::NotAMember)),
-        }
-    }
-    let after = store.batch_stats().unwrap();
-    assert_eq!(after.writes - before.writes, 300);
-    assert!(
-        after.batches - before.batches < 300,
-        "expected batching, got {after:?}"
-    );
-    assert!(after.largest > 1);
-    assert_eq!(after.failed_commits, 0);
-    assert_eq!(after.size_buckets.iter().sum::<u64>(), after.batches);
-    assert_eq!(
-        store.device_status(dev(2)).await.unwrap().mailbox_depth,
-        200
-    );
-    assert_eq!(store.stats().await.unwrap().bodies, 200);
-    let entries = store.fetch(dev(2), 0, 500).await.unwrap();
-    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    sotto_server_store::suite::concurrent_writes_are_group_committed(store).await;
 }
 
 /// A database from a newer schema is refused rather than misread.

@@ -855,6 +855,58 @@ pub async fn removed_member_gets_nothing_afterwards<S: Store>(store: S) {
     );
 }
 
+/// For stores that group-commit (they report [`Store::batch_stats`]; not part of
+/// `store_suite!`, which the non-batching `MemoryStore` also runs): 300 concurrent
+/// sends share transactions, and a refused request inside a batch (a non-member's
+/// send, every third one) rolls back only itself.
+pub async fn concurrent_writes_are_group_committed<S: Store>(store: S) {
+    let store = Arc::new(store);
+    register(&*store, "alice", 1, T0).await.unwrap();
+    register(&*store, "bob", 2, T0).await.unwrap();
+    register(&*store, "eve", 3, T0).await.unwrap();
+    store
+        .create_group(gid(1), dev(1), vec![dev(2)])
+        .await
+        .unwrap();
+    let before = store.batch_stats().expect("a group-committing store");
+    let mut tasks = Vec::new();
+    for i in 0..300u64 {
+        let store = Arc::clone(&store);
+        let sender = if i % 3 == 0 { 3 } else { 1 };
+        tasks.push(tokio::spawn(async move {
+            (
+                sender,
+                store
+                    .submit_message(message(1, sender, 0, 100 + i, b"m"), T0)
+                    .await,
+            )
+        }));
+    }
+    for task in tasks {
+        match task.await.unwrap() {
+            (1, result) => assert!(!result.unwrap().duplicate),
+            (_, result) => assert_eq!(result, Err(StoreError::NotAMember)),
+        }
+    }
+    let after = store.batch_stats().unwrap();
+    assert_eq!(after.writes - before.writes, 300);
+    assert!(
+        after.batches - before.batches < 300,
+        "expected batching, got {after:?}"
+    );
+    assert!(after.largest > 1);
+    assert_eq!(after.failed_commits, 0);
+    assert_eq!(after.size_buckets.iter().sum::<u64>(), after.batches);
+    assert_eq!(
+        store.device_status(dev(2)).await.unwrap().mailbox_depth,
+        200
+    );
+    assert_eq!(store.stats().await.unwrap().bodies, 200);
+    let entries = store.fetch(dev(2), 0, 500).await.unwrap();
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+}
+
 /// For tests of implementations behind a service (PostgreSQL, NATS): reports that
 /// `service` is unreachable. With `SOTTO_REQUIRE_SERVICES=1` (as in CI) that is a test
 /// failure; otherwise the caller skips the test after this loud message.
