@@ -122,7 +122,7 @@ impl fmt::Debug for StoreBackend {
 }
 
 /// How nodes wake each other's WebSockets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum FanoutBackend {
     /// In-process: one node only.
     Local,
@@ -133,6 +133,20 @@ pub enum FanoutBackend {
         /// Subject prefix.
         prefix: String,
     },
+}
+
+impl fmt::Debug for FanoutBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local => f.write_str("Local"),
+            // The URL may carry credentials: show it without them.
+            Self::Nats { url, prefix } => f
+                .debug_struct("Nats")
+                .field("url", &sotto_fanout_nats::without_credentials(url))
+                .field("prefix", prefix)
+                .finish(),
+        }
+    }
 }
 
 /// Command-line overrides (the binary's flags).
@@ -427,7 +441,7 @@ fn fanout_backend(
                     }
                     .into(),
                     origin,
-                    value: url,
+                    value: sotto_fanout_nats::without_credentials(&url),
                     expected: "a URL like nats://127.0.0.1:4222",
                 });
             }
@@ -666,6 +680,22 @@ mod tests {
         );
         // The password never shows in debug output.
         assert!(!format!("{c:?}").contains("secret"));
+        let e = env(&[
+            ("SOTTO_FANOUT", "nats"),
+            ("SOTTO_NATS_URL", "nats://bus:n4tspw@bus:4222"),
+        ]);
+        let c = Config::load(&Flags::default(), e).unwrap();
+        assert!(!format!("{c:?}").contains("n4tspw"));
+        let err = Config::load(
+            &Flags::default(),
+            env(&[
+                ("SOTTO_FANOUT", "nats"),
+                ("SOTTO_NATS_URL", "http://u:n4tspw@bus"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("nats://") && !err.contains("n4tspw"), "{err}");
 
         let err = Config::load(&Flags::default(), env(&[("SOTTO_STORE", "postgres")]))
             .unwrap_err()

@@ -63,6 +63,17 @@ pub struct ConnectError {
     reason: String,
 }
 
+/// `url` with any `user:password@` (or token) part replaced by `***@`, for messages.
+pub fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("***@{}", &rest[at + 1..]),
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 fn wake_all(local: &Local) {
     if let Ok(map) = local.lock() {
         for listeners in map.values() {
@@ -76,7 +87,7 @@ impl NatsFanout {
     /// (letters, digits, `_` and `-`), so several deployments can share one NATS.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, ConnectError> {
         let fail = |reason: String| ConnectError {
-            url: url.to_owned(),
+            url: without_credentials(url),
             reason,
         };
         if prefix.is_empty()
@@ -243,5 +254,21 @@ impl Fanout for NatsFanout {
         {
             tracing::warn!(error = %e, "NATS publish failed; an older connection of this device on another node stays open");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn credentials_never_reach_messages() {
+        assert_eq!(
+            without_credentials("nats://user:s3cret@bus:4222"),
+            "nats://***@bus:4222"
+        );
+        assert_eq!(without_credentials("nats://tok3n@bus"), "nats://***@bus");
+        assert_eq!(without_credentials("nats://bus:4222"), "nats://bus:4222");
+        assert_eq!(without_credentials("u:p@bus"), "***@bus");
     }
 }

@@ -72,6 +72,38 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A private nats-server and two "nodes" connected to it.
+struct Cluster {
+    binary: String,
+    port: u16,
+    nats: Nats,
+    node1: NatsFanout,
+    node2: NatsFanout,
+}
+
+/// `None` (reported) when there is no nats-server binary.
+async fn cluster(prefix: &str) -> Option<Cluster> {
+    let Some(binary) = nats_binary() else {
+        service_missing(
+            "the nats-server binary",
+            &"not found on PATH or in /usr/sbin",
+        );
+        return None;
+    };
+    let port = free_port();
+    let nats = start_nats(&binary, port).await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let node1 = NatsFanout::connect(&url, prefix).await.unwrap();
+    let node2 = NatsFanout::connect(&url, prefix).await.unwrap();
+    Some(Cluster {
+        binary,
+        port,
+        nats,
+        node1,
+        node2,
+    })
+}
+
 async fn woken(sub: &mut FanoutSubscription, what: &str) {
     tokio::time::timeout(Duration::from_secs(10), sub.woken())
         .await
@@ -93,18 +125,16 @@ async fn not_woken(sub: &mut FanoutSubscription, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wake_ups_cross_nodes_and_survive_a_nats_outage() {
-    let Some(binary) = nats_binary() else {
-        service_missing(
-            "the nats-server binary",
-            &"not found on PATH or in /usr/sbin",
-        );
+    let Some(Cluster {
+        binary,
+        port,
+        nats,
+        node1,
+        node2,
+    }) = cluster("outage-test").await
+    else {
         return;
     };
-    let port = free_port();
-    let nats = start_nats(&binary, port).await;
-    let url = format!("nats://127.0.0.1:{port}");
-    let node1 = NatsFanout::connect(&url, "outage-test").await.unwrap();
-    let node2 = NatsFanout::connect(&url, "outage-test").await.unwrap();
     let alice = DeviceId::from_bytes([1; 16]);
     let bob = DeviceId::from_bytes([2; 16]);
 
@@ -134,18 +164,15 @@ async fn wake_ups_cross_nodes_and_survive_a_nats_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_on_another_node_supersedes_the_older_one() {
-    let Some(binary) = nats_binary() else {
-        service_missing(
-            "the nats-server binary",
-            &"not found on PATH or in /usr/sbin",
-        );
+    let Some(Cluster {
+        nats: _nats,
+        node1,
+        node2,
+        ..
+    }) = cluster("supersede-test").await
+    else {
         return;
     };
-    let port = free_port();
-    let _nats = start_nats(&binary, port).await;
-    let url = format!("nats://127.0.0.1:{port}");
-    let node1 = NatsFanout::connect(&url, "supersede-test").await.unwrap();
-    let node2 = NatsFanout::connect(&url, "supersede-test").await.unwrap();
     let bob = DeviceId::from_bytes([2; 16]);
     let carol = DeviceId::from_bytes([3; 16]);
 
