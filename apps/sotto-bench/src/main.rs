@@ -440,6 +440,16 @@ impl Stats {
         }
     }
 
+    /// The summary plus the workload that produced it.
+    async fn report(&self, secs: f64, args: &Args, per_group: usize) -> Value {
+        let mut report = self.summary(secs).await;
+        report["pairs"] = json!(args.pairs);
+        report["group_size"] = json!(per_group);
+        report["payload_bytes"] = json!(args.payload);
+        report["target_rate"] = json!(args.rate);
+        report
+    }
+
     async fn summary(&self, secs: f64) -> Value {
         let mut l = self
             .latencies_us
@@ -595,12 +605,7 @@ async fn relay(args: &Args, addr: SocketAddr) -> Res<Value> {
     for t in tasks {
         let _ = t.await;
     }
-    let mut report = stats.summary(secs).await;
-    report["pairs"] = json!(args.pairs);
-    report["group_size"] = json!(per_group);
-    report["payload_bytes"] = json!(args.payload);
-    report["target_rate"] = json!(args.rate);
-    Ok(report)
+    Ok(stats.report(secs, args, per_group).await)
 }
 
 async fn e2e(args: &Args) -> Res<Value> {
@@ -713,12 +718,7 @@ async fn e2e(args: &Args) -> Res<Value> {
     for t in tasks {
         let _ = t.await;
     }
-    let mut report = stats.summary(secs).await;
-    report["pairs"] = json!(args.pairs);
-    report["group_size"] = json!(per_group);
-    report["payload_bytes"] = json!(args.payload);
-    report["target_rate"] = json!(args.rate);
-    Ok(report)
+    Ok(stats.report(secs, args, per_group).await)
 }
 
 async fn fanout(args: &Args, addr: SocketAddr) -> Res<Value> {
