@@ -2,9 +2,10 @@
 //!
 //! A node that holds a device's WebSocket subscribes to that device's subject
 //! (`<prefix>.wake.<device id in hex>`: an opaque random id, never a username); a node
-//! that stores a mailbox entry publishes an empty message there. Wake-ups carry no
-//! payload: the woken connection reads the mailbox from the shared store, so a lost or
-//! duplicated wake-up costs at most one extra read, never a message.
+//! that stores a mailbox entry publishes the entry's seq there (8 bytes, big-endian;
+//! an empty message means "re-read"). Wake-ups carry no ciphertext: the woken
+//! connection reads the mailbox from the shared store, so a lost or duplicated wake-up
+//! costs at most one extra read, never a message.
 //!
 //! A node that opens a device's WebSocket also publishes its random node id on
 //! `<prefix>.conn.<device id>`; a node holding an older connection of that device is
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use sotto_proto::DeviceId;
-use sotto_server::{Fanout, FanoutSubscription};
+use sotto_server::{Fanout, FanoutSubscription, Wake, WakeMark};
 use tokio::sync::watch;
 
 /// Default subject prefix.
@@ -31,7 +32,7 @@ pub const DEFAULT_PREFIX: &str = "sotto";
 
 /// This node's listeners of one device: wake-ups, and "connected on another node".
 struct Listeners {
-    wake: watch::Sender<u64>,
+    wake: watch::Sender<WakeMark>,
     superseded: watch::Sender<u64>,
 }
 
@@ -77,7 +78,9 @@ pub fn without_credentials(url: &str) -> String {
 fn wake_all(local: &Local) {
     if let Ok(map) = local.lock() {
         for listeners in map.values() {
-            listeners.wake.send_modify(|v| *v = v.wrapping_add(1));
+            listeners.wake.send_modify(|mark| {
+                mark.raise(Wake::Reread);
+            });
         }
     }
 }
@@ -169,11 +172,16 @@ impl NatsFanout {
             };
             // The subscription may have started after a wake-up was published: wake
             // once so the connection re-reads.
-            listeners.wake.send_modify(|v| *v = v.wrapping_add(1));
+            listeners.wake.send_modify(|mark| {
+                mark.raise(Wake::Reread);
+            });
             loop {
                 tokio::select! {
                     msg = wakes.next() => match msg {
-                        Some(_) => listeners.wake.send_modify(|v| *v = v.wrapping_add(1)),
+                        Some(m) => {
+                            let wake = decode_wake(&m.payload);
+                            listeners.wake.send_if_modified(|mark| mark.raise(wake));
+                        }
                         None => break,
                     },
                     msg = conns.next() => match msg {
@@ -198,6 +206,22 @@ impl NatsFanout {
     }
 }
 
+/// A wake-up on the wire: the seq, 8 bytes big-endian; empty for [`Wake::Reread`].
+fn encode_wake(wake: Wake) -> Vec<u8> {
+    match wake {
+        Wake::UpTo(seq) => seq.to_be_bytes().to_vec(),
+        Wake::Reread => Vec::new(),
+    }
+}
+
+/// Reads a wake-up; anything but a seq (an older node's empty message, say) means
+/// "re-read", which is always safe.
+fn decode_wake(payload: &[u8]) -> Wake {
+    payload
+        .try_into()
+        .map_or(Wake::Reread, |seq| Wake::UpTo(u64::from_be_bytes(seq)))
+}
+
 /// Removes `device`'s entry if nobody listens; returns whether it did.
 fn forget(local: &Local, device: DeviceId, listeners: &Arc<Listeners>) -> bool {
     let Ok(mut map) = local.lock() else {
@@ -214,10 +238,10 @@ fn forget(local: &Local, device: DeviceId, listeners: &Arc<Listeners>) -> bool {
 
 #[async_trait]
 impl Fanout for NatsFanout {
-    async fn notify(&self, device: DeviceId) {
+    async fn notify(&self, device: DeviceId, wake: Wake) {
         if let Err(e) = self
             .client
-            .publish(self.subject("wake", device), Default::default())
+            .publish(self.subject("wake", device), encode_wake(wake).into())
             .await
         {
             // The device still gets the entry: from the store when it next reads.
@@ -227,14 +251,14 @@ impl Fanout for NatsFanout {
 
     fn subscribe(&self, device: DeviceId) -> FanoutSubscription {
         let Ok(mut map) = self.local.lock() else {
-            return FanoutSubscription::new(watch::Sender::new(0).subscribe());
+            return FanoutSubscription::new(watch::Sender::new(WakeMark::default()).subscribe());
         };
         if let Some(listeners) = map.get(&device) {
             return FanoutSubscription::new(listeners.wake.subscribe())
                 .with_superseded(listeners.superseded.subscribe());
         }
         let listeners = Arc::new(Listeners {
-            wake: watch::Sender::new(0),
+            wake: watch::Sender::new(WakeMark::default()),
             superseded: watch::Sender::new(0),
         });
         let subscription = FanoutSubscription::new(listeners.wake.subscribe())
@@ -259,7 +283,21 @@ impl Fanout for NatsFanout {
 
 #[cfg(test)]
 mod tests {
-    use super::without_credentials;
+    use super::{Wake, decode_wake, encode_wake, without_credentials};
+
+    #[test]
+    fn wake_ups_round_trip_and_anything_else_rereads() {
+        for wake in [
+            Wake::UpTo(0),
+            Wake::UpTo(42),
+            Wake::UpTo(u64::MAX),
+            Wake::Reread,
+        ] {
+            assert_eq!(decode_wake(&encode_wake(wake)), wake);
+        }
+        assert_eq!(decode_wake(&[1, 2, 3]), Wake::Reread);
+        assert_eq!(decode_wake(&[0; 9]), Wake::Reread);
+    }
 
     #[test]
     fn credentials_never_reach_messages() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sotto_fanout_nats::NatsFanout;
 use sotto_proto::DeviceId;
-use sotto_server::{Fanout, FanoutSubscription};
+use sotto_server::{Fanout, FanoutSubscription, Wake};
 use sotto_server_store::suite::service_missing;
 
 fn nats_binary() -> Option<String> {
@@ -104,10 +104,10 @@ async fn cluster(prefix: &str) -> Option<Cluster> {
     })
 }
 
-async fn woken(sub: &mut FanoutSubscription, what: &str) {
+async fn woken(sub: &mut FanoutSubscription, what: &str) -> Wake {
     tokio::time::timeout(Duration::from_secs(10), sub.woken())
         .await
-        .unwrap_or_else(|_| panic!("not woken: {what}"));
+        .unwrap_or_else(|_| panic!("not woken: {what}"))
 }
 
 /// Lets pending wake-ups arrive and consumes them.
@@ -140,13 +140,21 @@ async fn wake_ups_cross_nodes_and_survive_a_nats_outage() {
 
     // Bob's socket is on node 2. Its subscription wakes once when it is in place.
     let mut bob_sub = node2.subscribe(bob);
-    woken(&mut bob_sub, "subscription in place").await;
-    node1.notify(bob).await;
-    woken(&mut bob_sub, "a wake-up from the other node").await;
+    assert_eq!(
+        woken(&mut bob_sub, "subscription in place").await,
+        Wake::Reread
+    );
     // The client's first `Connected` event also wakes everything (harmless: one extra
-    // read); let it pass before checking that another device's wake-up is not bob's.
+    // read); let it pass so the next wake-up is the other node's alone.
     settle(&mut bob_sub).await;
-    node1.notify(alice).await;
+    node1.notify(bob, Wake::UpTo(5)).await;
+    // The seq travels, so a node that already sent it reads nothing.
+    assert_eq!(
+        woken(&mut bob_sub, "a wake-up from the other node").await,
+        Wake::UpTo(5)
+    );
+    settle(&mut bob_sub).await;
+    node1.notify(alice, Wake::UpTo(9)).await;
     assert!(not_woken(&mut bob_sub, Duration::from_millis(300)).await);
 
     // NATS goes away and comes back on the same address.
@@ -155,11 +163,17 @@ async fn wake_ups_cross_nodes_and_survive_a_nats_outage() {
     let _nats = start_nats(&binary, port).await;
     // Without any notify: the reconnect itself wakes bob, so his connection re-reads
     // the store and picks up whatever was stored while wake-ups could not travel.
-    woken(&mut bob_sub, "catch-up after NATS came back").await;
+    assert_eq!(
+        woken(&mut bob_sub, "catch-up after NATS came back").await,
+        Wake::Reread
+    );
     // And the subscription works again, across nodes.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    node1.notify(bob).await;
-    woken(&mut bob_sub, "a wake-up after the outage").await;
+    node1.notify(bob, Wake::UpTo(6)).await;
+    assert_eq!(
+        woken(&mut bob_sub, "a wake-up after the outage").await,
+        Wake::UpTo(6)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ mod attachments;
 mod error;
 mod extract;
 mod fanout;
+mod handoff;
 mod metrics;
 mod routes;
 pub mod tls;
@@ -34,8 +35,10 @@ use tokio::sync::{oneshot, watch};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::handoff::{Handoff, Ready};
+
 pub use error::ApiError;
-pub use fanout::{Fanout, FanoutSubscription, InProcessFanout, Superseded};
+pub use fanout::{Fanout, FanoutSubscription, InProcessFanout, Superseded, Wake, WakeMark};
 pub use metrics::Metrics;
 
 /// Tunables of the delivery service.
@@ -123,8 +126,8 @@ struct Inner {
     fanout: Arc<dyn Fanout>,
     clock: Arc<dyn Clock>,
     config: ServerConfig,
-    /// The live WebSocket of each device on this node: (connection number, kick).
-    sockets: Mutex<HashMap<DeviceId, (u64, oneshot::Sender<()>)>>,
+    /// The live WebSocket of each device on this node.
+    sockets: Mutex<HashMap<DeviceId, LiveSocket>>,
     next_socket: AtomicU64,
     /// Becomes `true` when the server shuts down; WebSockets then close with 1001.
     shutdown: watch::Sender<bool>,
@@ -208,11 +211,17 @@ impl AppState {
     /// Registers a WebSocket for `device`, kicking out the previous one on this node.
     fn register_socket(&self, device: DeviceId) -> SocketGuard {
         let id = self.inner.next_socket.fetch_add(1, Ordering::Relaxed);
-        let (kick_tx, kick_rx) = oneshot::channel();
+        let (kick, kicked) = oneshot::channel();
+        let handoff = Arc::new(Handoff::default());
+        let live = LiveSocket {
+            id,
+            kick,
+            handoff: Arc::clone(&handoff),
+        };
         if let Ok(mut sockets) = self.inner.sockets.lock()
-            && let Some((_, old)) = sockets.insert(device, (id, kick_tx))
+            && let Some(old) = sockets.insert(device, live)
         {
-            let _ = old.send(());
+            let _ = old.kick.send(());
         }
         self.inner.live_sockets.send_modify(|n| *n += 1);
         self.inner.metrics.websocket_opened();
@@ -220,9 +229,33 @@ impl AppState {
             state: self.clone(),
             device,
             id,
-            kicked: Some(kick_rx),
+            kicked: Some(kicked),
+            handoff,
         }
     }
+
+    /// Hands stored entries to the recipients' WebSockets on this node (those without
+    /// one here get nothing: they read the store when they connect or are woken).
+    fn hand_off(&self, entries: impl IntoIterator<Item = (DeviceId, Ready)>) {
+        let Ok(sockets) = self.inner.sockets.lock() else {
+            return;
+        };
+        for (device, ready) in entries {
+            if let Some(live) = sockets.get(&device) {
+                live.handoff.push(ready);
+            }
+        }
+    }
+}
+
+/// A device's WebSocket on this node.
+struct LiveSocket {
+    /// Connection number (a newer connection of the device gets a higher one).
+    id: u64,
+    /// Closes the connection when a newer one replaces it.
+    kick: oneshot::Sender<()>,
+    /// Entries stored by requests on this node, for the socket to send.
+    handoff: Arc<Handoff>,
 }
 
 /// Keeps a WebSocket registered; unregisters it when dropped.
@@ -231,6 +264,7 @@ struct SocketGuard {
     device: DeviceId,
     id: u64,
     kicked: Option<oneshot::Receiver<()>>,
+    handoff: Arc<Handoff>,
 }
 
 impl Drop for SocketGuard {
@@ -238,7 +272,7 @@ impl Drop for SocketGuard {
         if let Ok(mut sockets) = self.state.inner.sockets.lock()
             && sockets
                 .get(&self.device)
-                .is_some_and(|(id, _)| *id == self.id)
+                .is_some_and(|live| live.id == self.id)
         {
             sockets.remove(&self.device);
         }

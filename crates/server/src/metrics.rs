@@ -75,6 +75,7 @@ pub struct Metrics {
     attachment_bytes_uploaded: AtomicU64,
     attachments_downloaded: AtomicU64,
     websocket_connections_total: AtomicU64,
+    websocket_store_reads: AtomicU64,
 }
 
 impl Metrics {
@@ -124,6 +125,12 @@ impl Metrics {
     pub fn websocket_opened(&self) {
         self.websocket_connections_total
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a mailbox read by a WebSocket (for entries not handed over by the
+    /// request that stored them on this node).
+    pub fn websocket_store_read(&self) {
+        self.websocket_store_reads.fetch_add(1, Ordering::Relaxed);
     }
 
     fn observe_request(&self, method: &str, route: &str, status: u16, took: Duration) {
@@ -199,6 +206,12 @@ impl Metrics {
             "sotto_websocket_connections_total",
             "WebSocket connections accepted since start.",
             &[("", load(&self.websocket_connections_total))],
+        );
+        counter(
+            &mut out,
+            "sotto_websocket_store_reads_total",
+            "Mailbox reads by WebSockets: on connecting, and for entries stored by another node or not handed over.",
+            &[("", load(&self.websocket_store_reads))],
         );
         gauge(
             &mut out,

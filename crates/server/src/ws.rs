@@ -1,7 +1,8 @@
 //! The push channel: one WebSocket per device. The server sends the device's mailbox
-//! entries in seq order, then waits on the fan-out and sends new ones as they arrive
-//! (always read from the store: the fan-out only wakes). The device acks what it
-//! processed.
+//! entries in seq order, then waits on the fan-out and sends new ones as they arrive:
+//! handed over by the request that stored them on this node when they continue what
+//! was sent, read from the store otherwise (see [`crate::handoff`]). The device acks
+//! what it processed.
 
 use axum::extract::State;
 use axum::extract::ws::{
@@ -11,10 +12,11 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use sotto_proto::{ConversationId, DeviceId};
-use sotto_server_store::{MailboxEntry, StoreError};
+use sotto_server_store::StoreError;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiQuery, B64, authenticate, bearer_token};
+use crate::extract::{ApiQuery, authenticate, bearer_token};
+use crate::handoff::{Ready, continue_from};
 use crate::routes::mailbox::kind_name;
 use crate::{AppState, SocketGuard};
 
@@ -52,12 +54,13 @@ pub struct WsQuery {
 /// A frame the server sends.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum ServerFrame {
+enum ServerFrame<'a> {
     Entry {
         seq: u64,
         kind: &'static str,
         group: ConversationId,
-        body: B64,
+        /// Base64.
+        body: &'a str,
         received_at: u64,
     },
 }
@@ -136,12 +139,15 @@ async fn serve(
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut awaiting_pong = false;
+    // The store holds entries this socket has not sent (at first: whatever is there).
+    let mut read_store = true;
     let frame = 'conn: loop {
         if *shutdown.borrow() {
             break close(CLOSE_GOING_AWAY, "server shutting down");
         }
         // Send everything after the cursor.
-        loop {
+        while read_store {
+            state.metrics().websocket_store_read();
             let entries = match state.store().fetch(device, cursor, PAGE).await {
                 Ok(entries) => entries,
                 Err(StoreError::UnknownDevice) => {
@@ -153,21 +159,43 @@ async fn serve(
                 }
             };
             let Some(last) = entries.last().map(|e| e.seq) else {
+                read_store = false;
+                guard.handoff.sent_up_to(cursor);
                 break;
             };
             for entry in entries {
-                let Ok(text) = serde_json::to_string(&entry_frame(entry)) else {
-                    break 'conn close(CLOSE_INTERNAL, "internal error");
-                };
-                if socket.send(Message::Text(text.into())).await.is_err() {
+                let body = sotto_proto::b64::encode(&entry.body);
+                if send_entry(
+                    &mut socket,
+                    &state,
+                    &Ready {
+                        seq: entry.seq,
+                        kind: entry.kind,
+                        group: entry.group,
+                        body_b64: body.into(),
+                        received_at: entry.received_at,
+                    },
+                )
+                .await
+                .is_err()
+                {
                     break 'conn None;
                 }
-                state.metrics().pushed(1);
             }
             cursor = last;
         }
         tokio::select! {
-            () = wake.woken() => {}
+            woke = wake.woken() => {
+                let (handed, dropped) = guard.handoff.take();
+                let (run, read) = continue_from(cursor, handed, dropped, woke);
+                for ready in &run {
+                    if send_entry(&mut socket, &state, ready).await.is_err() {
+                        break 'conn None;
+                    }
+                    cursor = ready.seq;
+                }
+                read_store = read;
+            }
             _ = &mut kicked => break close(CLOSE_REPLACED, "replaced by a newer connection"),
             () = superseded.announced() => break close(CLOSE_REPLACED, "replaced by a newer connection on another server"),
             () = shut_down(&mut shutdown) => break close(CLOSE_GOING_AWAY, "server shutting down"),
@@ -221,12 +249,22 @@ async fn shut_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-fn entry_frame(e: MailboxEntry) -> ServerFrame {
-    ServerFrame::Entry {
+/// Sends one entry frame.
+async fn send_entry(socket: &mut WebSocket, state: &AppState, e: &Ready) -> Result<(), ()> {
+    let frame = ServerFrame::Entry {
         seq: e.seq,
         kind: kind_name(e.kind),
         group: e.group,
-        body: B64(e.body),
+        body: &e.body_b64,
         received_at: e.received_at,
-    }
+    };
+    // Serialising these fields cannot fail; if it ever did, the socket closes and the
+    // device reads the entry on its next connection.
+    let text = serde_json::to_string(&frame).map_err(|_| ())?;
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|_| ())?;
+    state.metrics().pushed(1);
+    Ok(())
 }

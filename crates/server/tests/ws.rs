@@ -11,8 +11,8 @@ use common::{Identity, app_bytes, b64, commit_bytes, dev, group, message_id, wel
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sotto_proto::{ConversationId, DeviceId};
-use sotto_server::{AppState, InProcessFanout, ServerConfig, SystemClock, run};
-use sotto_server_store::MemoryStore;
+use sotto_server::{AppState, Fanout, InProcessFanout, ServerConfig, SystemClock, Wake, run};
+use sotto_server_store::{MemoryStore, MessageSubmission, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -33,11 +33,21 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(
+        Arc::new(MemoryStore::new()),
+        Arc::new(InProcessFanout::new()),
+    )
+    .await
+}
+
+/// A server over a store and fan-out the test can also use directly, as another node
+/// would.
+async fn start_with(store: Arc<MemoryStore>, fanout: Arc<InProcessFanout>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = AppState::new(
-        Arc::new(MemoryStore::new()),
-        Arc::new(InProcessFanout::new()),
+        store,
+        fanout,
         Arc::new(SystemClock),
         ServerConfig::default(),
     );
@@ -266,6 +276,76 @@ async fn push_ack_and_resume() {
     // The sender's socket gets nothing.
     let mut alice_ws = connect(addr, &alice.token, 0).await;
     silence(&mut alice_ws).await;
+}
+
+/// `sotto_websocket_store_reads_total`.
+async fn socket_reads(addr: SocketAddr) -> u64 {
+    let (status, body) = http(addr, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    let text = body.as_str().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("sotto_websocket_store_reads_total "))
+        .unwrap_or_else(|| panic!("no store-read counter in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn entries_stored_here_are_handed_over_and_others_are_read_from_the_store() {
+    let (store, fanout) = (
+        Arc::new(MemoryStore::new()),
+        Arc::new(InProcessFanout::new()),
+    );
+    let server = start_with(Arc::clone(&store), Arc::clone(&fanout)).await;
+    let addr = server.addr;
+    let g = group(9);
+    let (alice, bob) = alice_and_bob(addr, g).await;
+    let mut ws = connect(addr, &bob.token, 0).await;
+    assert_eq!(next_entry(&mut ws).await["seq"], 1);
+    // Once the ack is applied, the socket has finished its first reads.
+    ack(&mut ws, 1).await;
+    wait_mailbox_empty(addr, &bob).await;
+    let reads = socket_reads(addr).await;
+
+    // Sends through this node reach the socket without a mailbox read.
+    for n in 0..10u8 {
+        send_message(addr, &alice, g, n).await;
+        let entry = next_entry(&mut ws).await;
+        assert_eq!(entry["seq"], u64::from(n) + 2);
+        assert_eq!(entry["body"], b64(&app_bytes(g, 1, &[n; 4])));
+    }
+    assert_eq!(
+        socket_reads(addr).await,
+        reads,
+        "handed over, not read back"
+    );
+
+    // Another node stores seq 12 and wakes the device: the socket reads it.
+    let elsewhere = |n: u8| MessageSubmission {
+        group: g,
+        sender: alice.device,
+        epoch: 1,
+        client_message_id: message_id(100 + n),
+        body: app_bytes(g, 1, &[100 + n; 4]),
+    };
+    let accepted = store.submit_message(elsewhere(0), 1).await.unwrap();
+    assert_eq!(accepted.delivered, vec![(bob.device, 12)]);
+    fanout.notify(bob.device, Wake::UpTo(12)).await;
+    let entry = next_entry(&mut ws).await;
+    assert_eq!(entry["seq"], 12);
+    assert_eq!(entry["body"], b64(&app_bytes(g, 1, &[100; 4])));
+
+    // Seq 13 stored elsewhere with its wake-up not yet arrived, then 14 through this
+    // node: the hand-off of 14 shows a gap, so the socket reads 13 first.
+    store.submit_message(elsewhere(1), 1).await.unwrap();
+    send_message(addr, &alice, g, 20).await;
+    let (first, second) = (next_entry(&mut ws).await, next_entry(&mut ws).await);
+    assert_eq!((&first["seq"], &second["seq"]), (&json!(13), &json!(14)));
+    assert_eq!(first["body"], b64(&app_bytes(g, 1, &[101; 4])));
+    assert_eq!(second["body"], b64(&app_bytes(g, 1, &[20; 4])));
+    // The late wake-up for 13 sends nothing twice.
+    fanout.notify(bob.device, Wake::UpTo(13)).await;
+    silence(&mut ws).await;
 }
 
 #[tokio::test]

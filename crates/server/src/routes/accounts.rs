@@ -13,6 +13,7 @@ use sotto_server_store::{NewAccount, NewDevice, StoreError};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, Authed, B64, new_token};
+use crate::fanout::Wake;
 
 /// `POST /v1/accounts` body.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -238,7 +239,7 @@ pub async fn publish_devices(
             Err(e) => return Err(e.into()),
         }
         // Wake its WebSocket so it notices it is gone.
-        state.fanout().notify(*id).await;
+        state.fanout().notify(*id, Wake::Reread).await;
     }
     tracing::debug!(
         added = new.len(),

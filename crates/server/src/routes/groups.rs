@@ -1,6 +1,7 @@
 //! Groups: creation, membership view, commit ordering and message delivery.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
@@ -9,11 +10,13 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use sotto_proto::framing::{ContentType, MlsFraming, WireFormat, parse_group_message, wire_format};
 use sotto_proto::{ConversationId, DeviceId, MessageId};
-use sotto_server_store::{Accepted, CommitSubmission, MessageSubmission};
+use sotto_server_store::{Accepted, CommitSubmission, EntryKind, MessageSubmission};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, Authed, B64};
+use crate::fanout::Wake;
+use crate::handoff::Ready;
 use crate::metrics::WriteKind;
 
 /// `POST /v1/groups` body.
@@ -106,11 +109,15 @@ fn framing_for(bytes: &[u8], group: ConversationId, what: &str) -> Result<MlsFra
     Ok(framing)
 }
 
-/// Wakes every device the store delivered to (once each).
+/// Wakes every device the store delivered to (once each, with its highest new seq).
 async fn notify_delivered(state: &AppState, accepted: &Accepted) {
-    let devices: BTreeSet<DeviceId> = accepted.delivered.iter().map(|(d, _)| *d).collect();
-    for device in devices {
-        state.fanout().notify(device).await;
+    let mut newest: BTreeMap<DeviceId, u64> = BTreeMap::new();
+    for &(device, seq) in &accepted.delivered {
+        let top = newest.entry(device).or_default();
+        *top = (*top).max(seq);
+    }
+    for (device, seq) in newest {
+        state.fanout().notify(device, Wake::UpTo(seq)).await;
     }
 }
 
@@ -253,6 +260,9 @@ pub async fn message(
             "the message's content type is not Application or Proposal (commits go to /commits)",
         ));
     }
+    // Encoded once for every recipient's socket on this node.
+    let body_b64: Arc<str> = Arc::from(sotto_proto::b64::encode(&req.body.0));
+    let now = state.clock().now();
     let accepted = state
         .store()
         .submit_message(
@@ -263,7 +273,7 @@ pub async fn message(
                 client_message_id: req.message_id,
                 body: req.body.0,
             },
-            state.clock().now(),
+            now,
         )
         .await?;
     state.metrics().accepted(
@@ -271,6 +281,16 @@ pub async fn message(
         accepted.duplicate,
         accepted.delivered.len(),
     );
+    state.hand_off(accepted.delivered.iter().map(|&(device, seq)| {
+        let ready = Ready {
+            seq,
+            kind: EntryKind::Message,
+            group: id,
+            body_b64: Arc::clone(&body_b64),
+            received_at: now,
+        };
+        (device, ready)
+    }));
     notify_delivered(&state, &accepted).await;
     Ok((
         StatusCode::ACCEPTED,
