@@ -32,6 +32,7 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -84,6 +85,11 @@ struct Args {
     /// 28k ports).
     #[arg(long, default_value_t = 4)]
     source_addrs: u8,
+    /// Seconds to keep the idle connections open after measuring (idle), e.g. while
+    /// other load-tool processes open theirs to other nodes: one process can hold only
+    /// as many sockets as its open-file limit allows.
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
     /// The server's process id, to report its memory (RSS) when it runs on this machine.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -397,7 +403,10 @@ async fn ws_connect(
         .parse()
         .map_err(|_| "bad token header".to_owned())?;
     req.headers_mut().insert("authorization", auth);
-    let (ws, _) = tokio_tungstenite::client_async(req, stream)
+    // Small read buffers (the library default is 128 KiB per socket): tens of
+    // thousands of idle sockets must fit in one process.
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
         .await
         .map_err(|e| format!("WebSocket handshake: {e}"))?;
     Ok(ws)
@@ -811,6 +820,7 @@ async fn idle(args: &Args, addr: SocketAddr) -> Res<Value> {
         "opening {n} idle WebSockets over {} source addresses",
         args.source_addrs
     );
+    let open = Arc::new(AtomicU64::new(0));
     let mut sockets = Vec::with_capacity(n);
     for (i, a) in accounts.iter().enumerate() {
         let source = Ipv4Addr::new(
@@ -819,7 +829,14 @@ async fn idle(args: &Args, addr: SocketAddr) -> Res<Value> {
             0,
             1 + (i % usize::from(args.source_addrs.max(1))) as u8,
         );
-        sockets.push(ws_connect(addr, &a.token, 0, Some(source)).await?);
+        let mut ws = ws_connect(addr, &a.token, 0, Some(source)).await?;
+        open.fetch_add(1, Ordering::Relaxed);
+        // Reading answers the server's keep-alive pings, as a real client does.
+        let open = Arc::clone(&open);
+        sockets.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = ws.next().await {}
+            open.fetch_sub(1, Ordering::Relaxed);
+        }));
         if (i + 1) % 10_000 == 0 {
             eprintln!("  {} open", i + 1);
         }
@@ -830,11 +847,21 @@ async fn idle(args: &Args, addr: SocketAddr) -> Res<Value> {
         (Some(b), Some(a)) => json!((a.saturating_sub(b) as f64 * 1024.0 / n as f64).round()),
         _ => Value::Null,
     };
-    drop(sockets);
-    Ok(json!({
+    let mut report = json!({
         "connections": n,
         "server_rss_kib_registered": rss_before,
         "server_rss_kib_connected": rss_after,
         "server_bytes_per_connection": per_conn,
-    }))
+    });
+    if args.hold > 0 {
+        eprintln!("holding {n} connections for {} s", args.hold);
+        tokio::time::sleep(Duration::from_secs(args.hold)).await;
+        report["held_seconds"] = json!(args.hold);
+        report["still_open_after_hold"] = json!(open.load(Ordering::Relaxed));
+        report["server_rss_kib_after_hold"] = json!(args.server_pid.and_then(rss_kib));
+    }
+    for socket in sockets {
+        socket.abort();
+    }
+    Ok(report)
 }

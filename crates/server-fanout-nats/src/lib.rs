@@ -149,21 +149,20 @@ impl NatsFanout {
     }
 
     /// Keeps one NATS subscription for `device` while anyone on this node listens.
+    /// One, not one per subject: each subscription holds a channel whose first block
+    /// of slots costs about 6 KB, the largest part of an idle connection's memory.
     fn watch_subject(&self, device: DeviceId, listeners: Arc<Listeners>) {
         let client = self.client.clone();
-        let (wake_subject, conn_subject) =
-            (self.subject("wake", device), self.subject("conn", device));
+        let (both, wake_subject, conn_subject) = (
+            self.subject("*", device),
+            self.subject("wake", device),
+            self.subject("conn", device),
+        );
         let local = Arc::clone(&self.local);
         let node = self.node;
         tokio::spawn(async move {
-            let subscribed = async {
-                Ok::<_, async_nats::SubscribeError>((
-                    client.subscribe(wake_subject).await?,
-                    client.subscribe(conn_subject).await?,
-                ))
-            };
-            let (mut wakes, mut conns) = match subscribed.await {
-                Ok(subs) => subs,
+            let mut messages = match client.subscribe(both).await {
+                Ok(sub) => sub,
                 Err(e) => {
                     tracing::error!(error = %e, "NATS subscribe failed; this device gets no cross-node push until it reconnects");
                     forget(&local, device, &listeners);
@@ -177,16 +176,13 @@ impl NatsFanout {
             });
             loop {
                 tokio::select! {
-                    msg = wakes.next() => match msg {
-                        Some(m) => {
+                    msg = messages.next() => match msg {
+                        Some(m) if m.subject.as_str() == wake_subject => {
                             let wake = decode_wake(&m.payload);
                             listeners.wake.send_if_modified(|mark| mark.raise(wake));
                         }
-                        None => break,
-                    },
-                    msg = conns.next() => match msg {
                         // Another node's announcement: the connection here is older.
-                        Some(m) if m.payload.as_ref() != node => {
+                        Some(m) if m.subject.as_str() == conn_subject && m.payload.as_ref() != node => {
                             listeners.superseded.send_modify(|v| *v = v.wrapping_add(1));
                         }
                         Some(_) => {}
@@ -200,8 +196,7 @@ impl NatsFanout {
                     }
                 }
             }
-            let _ = wakes.unsubscribe().await;
-            let _ = conns.unsubscribe().await;
+            let _ = messages.unsubscribe().await;
         });
     }
 }
