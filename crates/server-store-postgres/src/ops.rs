@@ -234,10 +234,16 @@ macro_rules! delete_and_queue_releases {
 /// of every member of a large group do not take turns on one body row; one statement
 /// then subtracts the summed counts. The deletion must be a second statement: data-
 /// modifying CTEs do not see each other's changes to the same row.
+///
+/// Queue rows that another writer's open transaction is applying are skipped (it
+/// applies them): without SKIP LOCKED the second writer waited for the first one's
+/// COMMIT, so writers whose batches both held acks ran one after the other.
 pub(crate) async fn apply_releases(c: &mut PgConnection) -> Op<u64> {
     let freed: Vec<i64> = sqlx::query_scalar(
         "WITH r AS (
-             DELETE FROM body_releases RETURNING body_id, n
+             DELETE FROM body_releases
+             WHERE id IN (SELECT id FROM body_releases FOR UPDATE SKIP LOCKED)
+             RETURNING body_id, n
          ), s AS (
              SELECT body_id, sum(n)::BIGINT AS n FROM r GROUP BY body_id
          ), dec AS (

@@ -4,6 +4,9 @@
 //! was sent, read from the store otherwise (see [`crate::handoff`]). The device acks
 //! what it processed.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use axum::extract::State;
 use axum::extract::ws::{
     CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
@@ -141,6 +144,12 @@ async fn serve(
     let mut awaiting_pong = false;
     // The store holds entries this socket has not sent (at first: whatever is there).
     let mut read_store = true;
+    let mut acks = Acks {
+        state: state.clone(),
+        device,
+        writing: None,
+        next: None,
+    };
     let frame = 'conn: loop {
         if *shutdown.borrow() {
             break close(CLOSE_GOING_AWAY, "server shutting down");
@@ -208,23 +217,22 @@ async fn serve(
                 }
                 awaiting_pong = true;
             }
+            written = acks.written() => match written {
+                Ok(deleted) => state.metrics().acked(deleted),
+                Err(StoreError::UnknownDevice) => {
+                    break close(CLOSE_DEVICE_REMOVED, "device removed");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "ack failed on a WebSocket");
+                    break close(CLOSE_INTERNAL, "internal error");
+                }
+            },
             incoming = socket.recv() => match incoming {
                 None | Some(Ok(Message::Close(_))) => break None,
                 Some(Ok(Message::Text(text))) => {
                     awaiting_pong = false;
                     match serde_json::from_str::<ClientFrame>(text.as_str()) {
-                        Ok(ClientFrame::Ack { up_to }) => {
-                            match state.store().ack(device, up_to).await {
-                                Ok(deleted) => state.metrics().acked(deleted),
-                                Err(StoreError::UnknownDevice) => {
-                                    break close(CLOSE_DEVICE_REMOVED, "device removed");
-                                }
-                                Err(e) => {
-                                    tracing::error!(error = %e, "ack failed on a WebSocket");
-                                    break close(CLOSE_INTERNAL, "internal error");
-                                }
-                            }
-                        }
+                        Ok(ClientFrame::Ack { up_to }) => acks.receive(up_to),
                         Err(_) => break close(CLOSE_INVALID, "malformed frame: expected {\"type\":\"ack\",\"up_to\":N}"),
                     }
                 }
@@ -235,11 +243,69 @@ async fn serve(
             },
         }
     };
+    // Acks the device sent before the connection ended still count.
+    if let Err(e) = acks.flush().await {
+        tracing::debug!(error = %e, "a closing WebSocket's last ack was not applied");
+    }
     if let Some(frame) = frame {
         tracing::debug!(code = frame.code, "closing a WebSocket");
         let _ = socket.send(Message::Close(Some(frame))).await;
     }
     drop(guard);
+}
+
+/// A store write in progress.
+type Write<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// A socket's acks: one store write at a time, and acks that arrive meanwhile merge
+/// into the next write (they are cumulative), so a slow write never holds up sending
+/// and a busy socket writes fewer acks.
+struct Acks {
+    state: AppState,
+    device: DeviceId,
+    writing: Option<Write<u64>>,
+    next: Option<u64>,
+}
+
+impl Acks {
+    fn receive(&mut self, up_to: u64) {
+        if self.writing.is_some() {
+            self.next = Some(self.next.map_or(up_to, |n| n.max(up_to)));
+        } else {
+            self.start(up_to);
+        }
+    }
+
+    fn start(&mut self, up_to: u64) {
+        let (state, device) = (self.state.clone(), self.device);
+        self.writing = Some(Box::pin(
+            async move { state.store().ack(device, up_to).await },
+        ));
+    }
+
+    /// Resolves when the write in progress is done (how many entries it deleted), then
+    /// starts the next; never resolves when nothing is being written. Cancel-safe: the
+    /// write lives in `self`, not in this future.
+    async fn written(&mut self) -> Result<u64, StoreError> {
+        let Some(write) = self.writing.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = write.await;
+        self.writing = None;
+        if let Some(up_to) = self.next.take() {
+            self.start(up_to);
+        }
+        result
+    }
+
+    /// Finishes every ack received.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        while self.writing.is_some() {
+            let deleted = self.written().await?;
+            self.state.metrics().acked(deleted);
+        }
+        Ok(())
+    }
 }
 
 /// Resolves once the server shuts down (holding no lock guard across awaits).

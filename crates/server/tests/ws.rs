@@ -349,6 +349,32 @@ async fn entries_stored_here_are_handed_over_and_others_are_read_from_the_store(
 }
 
 #[tokio::test]
+async fn acks_sent_just_before_closing_are_applied() {
+    let server = start().await;
+    let addr = server.addr;
+    let g = group(10);
+    let (alice, bob) = alice_and_bob(addr, g).await;
+    let mut ws = connect(addr, &bob.token, 0).await;
+    assert_eq!(next_entry(&mut ws).await["seq"], 1);
+    for n in 0..5u8 {
+        send_message(addr, &alice, g, n).await;
+    }
+    for seq in 2..=6 {
+        assert_eq!(next_entry(&mut ws).await["seq"], seq);
+    }
+    // Acks in a burst (they merge while one is being written), then close at once.
+    for seq in 1..=6 {
+        ack(&mut ws, seq).await;
+    }
+    ws.close(None).await.unwrap();
+    drop(ws);
+    wait_mailbox_empty(addr, &bob).await;
+    // A new connection resumes from the start and gets nothing again.
+    let mut ws = connect(addr, &bob.token, 0).await;
+    silence(&mut ws).await;
+}
+
+#[tokio::test]
 async fn reconnecting_without_ack_redelivers_in_order() {
     let server = start().await;
     let addr = server.addr;
