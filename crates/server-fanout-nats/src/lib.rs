@@ -12,6 +12,7 @@
 //! told through [`FanoutSubscription::take_superseded`] and closes it, so a device has
 //! one live connection across the deployment.
 //!
+//! A node also wakes its own connections directly, without waiting for NATS's echo.
 //! If NATS is unreachable for a while, wake-ups published in that time may be lost.
 //! When the client reconnects (it retries on its own and re-subscribes), every local
 //! subscription is woken once, so each connected device reads what it missed; devices
@@ -234,6 +235,16 @@ fn forget(local: &Local, device: DeviceId, listeners: &Arc<Listeners>) -> bool {
 #[async_trait]
 impl Fanout for NatsFanout {
     async fn notify(&self, device: DeviceId, wake: Wake) {
+        // A connection on this node is woken at once, not after the round trip through
+        // NATS (whose echo then adds nothing), and still while NATS is unreachable.
+        let here = self
+            .local
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&device).cloned());
+        if let Some(listeners) = here {
+            listeners.wake.send_if_modified(|mark| mark.raise(wake));
+        }
         if let Err(e) = self
             .client
             .publish(self.subject("wake", device), encode_wake(wake).into())

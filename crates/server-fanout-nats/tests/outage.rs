@@ -160,6 +160,12 @@ async fn wake_ups_cross_nodes_and_survive_a_nats_outage() {
     // NATS goes away and comes back on the same address.
     drop(nats);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile an entry stored on bob's own node still wakes him.
+    node2.notify(bob, Wake::UpTo(7)).await;
+    assert_eq!(
+        woken(&mut bob_sub, "a wake-up on the same node during the outage").await,
+        Wake::UpTo(7)
+    );
     let _nats = start_nats(&binary, port).await;
     // Without any notify: the reconnect itself wakes bob, so his connection re-reads
     // the store and picks up whatever was stored while wake-ups could not travel.
@@ -169,10 +175,10 @@ async fn wake_ups_cross_nodes_and_survive_a_nats_outage() {
     );
     // And the subscription works again, across nodes.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    node1.notify(bob, Wake::UpTo(6)).await;
+    node1.notify(bob, Wake::UpTo(8)).await;
     assert_eq!(
         woken(&mut bob_sub, "a wake-up after the outage").await,
-        Wake::UpTo(6)
+        Wake::UpTo(8)
     );
 }
 
