@@ -653,13 +653,7 @@ pub(crate) async fn submit_commit(
     if !current.contains(&commit.sender) {
         return refuse(StoreError::NotAMember);
     }
-    let added: Vec<DeviceId> = commit
-        .added
-        .iter()
-        .copied()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let added = commit.added_once();
     if !added.is_empty() {
         let known: i64 =
             sqlx::query_scalar("SELECT count(*) FROM devices WHERE device_id = ANY($1)")

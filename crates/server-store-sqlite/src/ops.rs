@@ -585,13 +585,7 @@ pub(crate) fn submit_commit(
         &commit.commit,
         now,
     )?;
-    let added: Vec<DeviceId> = commit
-        .added
-        .iter()
-        .copied()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let added = commit.added_once();
     if let Some(welcome) = &commit.welcome {
         delivered.extend(fan_out(
             c,

@@ -177,6 +177,14 @@ pub struct CommitSubmission {
     pub welcome: Option<Vec<u8>>,
 }
 
+impl CommitSubmission {
+    /// The added devices, each once (a device listed twice gets one Welcome), in order.
+    pub fn added_once(&self) -> Vec<DeviceId> {
+        let once: std::collections::BTreeSet<DeviceId> = self.added.iter().copied().collect();
+        once.into_iter().collect()
+    }
+}
+
 /// An application message to be delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageSubmission {

@@ -407,6 +407,7 @@ impl Store for MemoryStore {
             .copied()
             .filter(|id| *id != commit.sender)
             .collect();
+        let added = commit.added_once();
         let mut delivered = s.fan_out(
             &recipients,
             EntryKind::Commit,
@@ -415,13 +416,6 @@ impl Store for MemoryStore {
             now,
         );
         if let Some(welcome) = commit.welcome {
-            let added: Vec<DeviceId> = commit
-                .added
-                .iter()
-                .copied()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
             delivered.extend(s.fan_out(&added, EntryKind::Welcome, commit.group, welcome, now));
         }
         let emptied = {

@@ -56,6 +56,7 @@ macro_rules! store_suite {
             key_package_claims,
             concurrent_commits_one_per_epoch,
             commit_fan_out_and_welcome,
+            a_device_added_twice_gets_one_welcome,
             non_member_cannot_commit_or_send,
             message_fan_out_excludes_sender_and_stores_once,
             message_epoch_window,
@@ -458,6 +459,25 @@ pub async fn concurrent_commits_one_per_epoch<S: Store>(store: S) {
     }
     // Three epochs, each with one body.
     assert_eq!(bodies(&*store).await, 3);
+}
+
+/// A commit that lists a device twice adds it once and sends it one Welcome.
+pub async fn a_device_added_twice_gets_one_welcome<S: Store>(store: S) {
+    register_all(&store, &[1, 2, 3]).await;
+    store
+        .create_group(gid(1), dev(1), vec![dev(2)])
+        .await
+        .unwrap();
+    let accepted = store
+        .submit_commit(commit(1, 1, 0, &[3, 3], &[]), T0)
+        .await
+        .unwrap();
+    assert_eq!(accepted.delivered.len(), 2); // the commit to 2, one Welcome to 3
+    let entries = store.fetch(dev(3), 0, 10).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].kind, EntryKind::Welcome);
+    let group = store.group(gid(1)).await.unwrap().unwrap();
+    assert_eq!(group.members, vec![dev(1), dev(2), dev(3)]);
 }
 
 /// A commit reaches every member but its sender, removed ones included; the Welcome
