@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use sotto_server_store::{BatchStats, StoreError};
+use sotto_server_store::{BatchStats, StoreError, batched_result};
 use sqlx::{Connection, Executor as _, PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
@@ -118,16 +118,8 @@ where
     }
 
     fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
-        let result = match committed {
-            Ok(()) => self.result.unwrap_or_else(|| {
-                Err(StoreError::Backend(
-                    "write request was not run in its batch".into(),
-                ))
-            }),
-            Err(e) => Err(e),
-        };
         // The requester may have gone away (its future dropped); nothing to do then.
-        let _ = self.reply.send(result);
+        let _ = self.reply.send(batched_result(self.result, committed));
     }
 }
 

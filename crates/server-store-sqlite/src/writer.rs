@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
-use sotto_server_store::{BatchStats, StoreError};
+use sotto_server_store::{BatchStats, StoreError, batched_result};
 use tokio::sync::oneshot;
 
 use crate::OrBackend;
@@ -74,16 +74,8 @@ where
     }
 
     fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
-        let result = match committed {
-            Ok(()) => self.result.unwrap_or_else(|| {
-                Err(StoreError::Backend(
-                    "write request was not run in its batch".into(),
-                ))
-            }),
-            Err(e) => Err(e),
-        };
         // The requester may have gone away (its future dropped); nothing to do then.
-        let _ = self.reply.send(result);
+        let _ = self.reply.send(batched_result(self.result, committed));
     }
 }
 

@@ -292,6 +292,21 @@ pub struct StoreStats {
 /// Upper bounds (inclusive) of the batch-size histogram buckets of [`BatchStats`].
 pub const BATCH_BUCKET_BOUNDS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 
+/// What a request in a group-commit batch is answered: its own result if the batch
+/// committed, the batch's error otherwise.
+pub fn batched_result<T>(
+    own: Option<Result<T, StoreError>>,
+    committed: Result<(), StoreError>,
+) -> Result<T, StoreError> {
+    committed.and_then(|()| {
+        own.unwrap_or_else(|| {
+            Err(StoreError::Backend(
+                "write request was not run in its batch".into(),
+            ))
+        })
+    })
+}
+
 /// Counters of a store's group-commit batches, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BatchStats {
@@ -472,4 +487,27 @@ const _: Option<&dyn Store> = None;
 /// The last-seen day for a Unix time.
 pub const fn day_of(now: u64) -> u64 {
     now / 86_400
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batched_request_gets_its_own_result_only_if_the_batch_committed() {
+        assert_eq!(batched_result(Some(Ok(7)), Ok(())), Ok(7));
+        assert_eq!(
+            batched_result::<u8>(Some(Err(StoreError::NotAMember)), Ok(())),
+            Err(StoreError::NotAMember)
+        );
+        let failed = StoreError::Backend("disk full".into());
+        assert_eq!(
+            batched_result(Some(Ok(7)), Err(failed.clone())),
+            Err(failed)
+        );
+        assert!(matches!(
+            batched_result::<u8>(None, Ok(())),
+            Err(StoreError::Backend(_))
+        ));
+    }
 }
