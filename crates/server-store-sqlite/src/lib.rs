@@ -39,9 +39,9 @@ use writer::{Job, WriteJob};
 
 /// How long a connection waits for a lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle read connections kept open. Reads run on the runtime's worker threads, so at
-/// most one per worker runs at a time; opening a connection parses the schema, so they
-/// are kept rather than reopened.
+/// Idle read connections kept open, at least. Reads run on the runtime's worker
+/// threads, so at most one per worker (one per core by default) runs at a time; the
+/// pool keeps that many, since opening a connection parses the schema.
 const READERS: usize = 8;
 
 /// Prepared statements kept per connection.
@@ -111,6 +111,8 @@ impl SqliteStore {
             readers: Arc::new(ReaderPool {
                 path,
                 idle: Mutex::new(Vec::new()),
+                keep: std::thread::available_parallelism()
+                    .map_or(READERS, |n| n.get().max(READERS)),
             }),
             batch_stats,
         })
@@ -184,6 +186,8 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 struct ReaderPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Idle connections kept: [`READERS`], or one per core if there are more cores.
+    keep: usize,
 }
 
 impl ReaderPool {
@@ -203,7 +207,7 @@ impl ReaderPool {
 
     fn give_back(&self, conn: Connection) {
         if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < READERS
+            && idle.len() < self.keep
         {
             idle.push(conn);
         }
