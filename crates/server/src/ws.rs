@@ -174,20 +174,14 @@ async fn serve(
             };
             for entry in entries {
                 let body = sotto_proto::b64::encode(&entry.body);
-                if send_entry(
-                    &mut socket,
-                    &state,
-                    &Ready {
-                        seq: entry.seq,
-                        kind: entry.kind,
-                        group: entry.group,
-                        body_b64: body.into(),
-                        received_at: entry.received_at,
-                    },
-                )
-                .await
-                .is_err()
-                {
+                let frame = ServerFrame::Entry {
+                    seq: entry.seq,
+                    kind: kind_name(entry.kind),
+                    group: entry.group,
+                    body: &body,
+                    received_at: entry.received_at,
+                };
+                if send_entry(&mut socket, &state, &frame).await.is_err() {
                     break 'conn None;
                 }
             }
@@ -198,7 +192,7 @@ async fn serve(
                 let (handed, dropped) = guard.handoff.take();
                 let (run, read) = continue_from(cursor, handed, dropped, woke);
                 for ready in &run {
-                    if send_entry(&mut socket, &state, ready).await.is_err() {
+                    if send_entry(&mut socket, &state, &entry_frame(ready)).await.is_err() {
                         break 'conn None;
                     }
                     cursor = ready.seq;
@@ -315,18 +309,26 @@ async fn shut_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-/// Sends one entry frame.
-async fn send_entry(socket: &mut WebSocket, state: &AppState, e: &Ready) -> Result<(), ()> {
-    let frame = ServerFrame::Entry {
+/// The frame for an entry handed over by the request that stored it.
+fn entry_frame(e: &Ready) -> ServerFrame<'_> {
+    ServerFrame::Entry {
         seq: e.seq,
         kind: kind_name(e.kind),
         group: e.group,
         body: &e.body_b64,
         received_at: e.received_at,
-    };
+    }
+}
+
+/// Sends one entry frame.
+async fn send_entry(
+    socket: &mut WebSocket,
+    state: &AppState,
+    frame: &ServerFrame<'_>,
+) -> Result<(), ()> {
     // Serialising these fields cannot fail; if it ever did, the socket closes and the
     // device reads the entry on its next connection.
-    let text = serde_json::to_string(&frame).map_err(|_| ())?;
+    let text = serde_json::to_string(frame).map_err(|_| ())?;
     socket
         .send(Message::Text(text.into()))
         .await
