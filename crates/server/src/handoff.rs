@@ -19,8 +19,8 @@ use crate::fanout::Wake;
 /// (the socket reads them from the store), so a slow socket holds little memory.
 const MAX_QUEUED_BYTES: usize = 256 * 1024;
 
-/// A stored entry, ready to send.
-#[derive(Debug, Clone)]
+/// A stored entry, ready to send. (No `Debug`: it holds a message body.)
+#[derive(Clone)]
 pub(crate) struct Ready {
     pub seq: u64,
     pub kind: EntryKind,
@@ -31,10 +31,10 @@ pub(crate) struct Ready {
 }
 
 /// One socket's queue.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Handoff(Mutex<Queue>);
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Queue {
     ready: Vec<Ready>,
     bytes: usize,
