@@ -17,6 +17,7 @@ use std::time::Duration;
 use common::{Running, start};
 use sotto_client::{Client, ClientError, Event};
 use sotto_server_store::suite::service_missing;
+use sotto_testkit::proxy::Proxy;
 use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -79,6 +80,34 @@ async fn services() -> Option<(Database, String, String)> {
     let base = admin_url.rsplit_once('/').unwrap().0;
     let db_url = format!("{base}/{name}");
     Some((Database { admin_url, name }, db_url, nats_url))
+}
+
+/// Waits until a WebSocket on the node at `addr` has read its mailbox (its first read
+/// follows the confirmation of its fan-out subscription).
+async fn wait_for_store_read(addr: &str) {
+    let addr = addr.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + DELIVERY;
+        loop {
+            let (status, body) = common::http(&addr, "GET", "/metrics", None, None).unwrap();
+            assert_eq!(status, 200);
+            let reads: u64 = String::from_utf8_lossy(&body)
+                .lines()
+                .find_map(|l| l.strip_prefix("sotto_websocket_store_reads_total "))
+                .and_then(|v| v.parse().ok())
+                .expect("a store-read counter");
+            if reads > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WebSocket never read its mailbox"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
 }
 
 fn node(dir: &std::path::Path, db_url: &str, nats_url: &str, prefix: &str) -> Running {
@@ -278,8 +307,9 @@ async fn connecting_to_another_node_replaces_the_older_connection() {
         tokio_tungstenite::connect_async(req).await.unwrap().0
     };
     let mut old = connect(node1.addr.clone(), dave.token.clone()).await;
-    // Let node 1's subscription settle before the newer connection announces itself.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The socket reads its mailbox only once its subscription is in place at NATS:
+    // after that read, node 1 hears the newer connection's announcement.
+    wait_for_store_read(&node1.addr).await;
     let mut new = connect(node2.addr.clone(), dave.token.clone()).await;
     let closed = tokio::time::timeout(DELIVERY, async {
         while let Some(frame) = old.next().await {
@@ -302,5 +332,83 @@ async fn connecting_to_another_node_replaces_the_older_connection() {
     );
     drop(new);
     node1.stop();
+    node2.stop();
+}
+
+/// How node 1 dies right after answering alice's send.
+#[derive(Debug, Clone, Copy)]
+enum Death {
+    /// `kill -9` the instant the 202 arrives.
+    Process,
+    /// Its host goes: what it had not yet handed to NATS is lost with it (its link
+    /// becomes a black hole that never closes), then the process is killed.
+    Host,
+    /// Its link to NATS is already a black hole when alice sends (NATS cannot confirm;
+    /// the node answers after its bound), then it dies: only the other node noticing
+    /// its silence can wake bob.
+    CutOffThenHost,
+}
+
+/// The reproduction: two nodes on PostgreSQL + NATS, node 1's link to NATS
+/// slowed to 300 ms each way, alice sending through node 1, bob following on node 2.
+/// Node 1 dies the instant it acknowledges alice's message; bob's follower still shows
+/// it (and, in the first round, the conversation it opens), three rounds in a row for
+/// each way of dying. Before the fix, the first round already left bob waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_acknowledged_by_a_node_that_dies_at_once_is_delivered() {
+    let Some((_database, db_url, nats_url)) = services().await else {
+        return;
+    };
+    let nats_addr: std::net::SocketAddr = nats_url
+        .trim_start_matches("nats://")
+        .parse()
+        .expect("SOTTO_TEST_NATS_URL is nats://<ip>:<port>");
+    let data = tempfile::tempdir().unwrap();
+    let prefix = format!("sotto-crash-{}", std::process::id());
+    let node2 = node(&data.path().join("node2"), &db_url, &nats_url, &prefix);
+    let homes = tempfile::tempdir().unwrap();
+    let bob = registered(homes.path(), "bob", &node2).await;
+    let mut bob = listen(bob);
+    let mut alice: Option<Client> = None;
+    let mut round = 0;
+    for death in [Death::Process, Death::Host, Death::CutOffThenHost] {
+        for _ in 0..3 {
+            round += 1;
+            let link = Proxy::start(nats_addr, Duration::from_millis(300))
+                .await
+                .unwrap();
+            let node1 = node(
+                &data.path().join(format!("node1-{round}")),
+                &db_url,
+                &format!("nats://{}", link.addr()),
+                &prefix,
+            );
+            let client = match alice.take() {
+                None => registered(homes.path(), "alice", &node1).await,
+                Some(mut client) => {
+                    client
+                        .set_server(&format!("http://{}", node1.addr))
+                        .unwrap();
+                    client
+                }
+            };
+            if matches!(death, Death::CutOffThenHost) {
+                link.black_hole();
+            }
+            let text = format!("round {round} ({death:?})");
+            client.send_text("bob", &text).await.unwrap();
+            // The 202 is in: the node dies now.
+            if matches!(death, Death::Host) {
+                link.black_hole();
+            }
+            let started = std::time::Instant::now();
+            node1.kill9();
+            assert_eq!(bob.next().await, text);
+            eprintln!("{text}: delivered {:?} after the kill", started.elapsed());
+            alice = Some(client);
+        }
+    }
+    assert!(bob.texts.try_recv().is_err(), "an unexpected extra message");
+    bob.stop().await;
     node2.stop();
 }

@@ -49,12 +49,30 @@ impl WakeMark {
 }
 
 /// Tells a device's open connections that its mailbox changed.
+///
+/// The delivery property the server keeps (docs/ARCHITECTURE.md, "Delivery
+/// guarantees"): an entry acknowledged to its sender reaches every recipient device
+/// connected to a surviving node, even when the acknowledging node dies right after the
+/// acknowledgement. Hence both halves wait for the bus: [`Fanout::notify_many`] returns
+/// only once the wake-ups can no longer die with this node, and [`Fanout::subscribe`]
+/// only once wake-ups published from anywhere will reach the subscription.
 #[async_trait]
 pub trait Fanout: Send + Sync + 'static {
-    /// Wakes every subscription of `device` (on every node, for a distributed fan-out).
-    async fn notify(&self, device: DeviceId, wake: Wake);
-    /// Subscribes to `device`'s wake-ups.
-    fn subscribe(&self, device: DeviceId) -> FanoutSubscription;
+    /// Wakes every subscription of each listed device (on every node, for a
+    /// distributed fan-out). Returns once a crash of this node can no longer lose these
+    /// wake-ups (a distributed fan-out: once its bus has them, or after a bound during
+    /// a bus outage, when other nodes are told to re-read instead). Callers answer the
+    /// sender after this, never before.
+    async fn notify_many(&self, wakes: &[(DeviceId, Wake)]);
+    /// [`Fanout::notify_many`] for one device.
+    async fn notify(&self, device: DeviceId, wake: Wake) {
+        self.notify_many(&[(device, wake)]).await;
+    }
+    /// Subscribes to `device`'s wake-ups. Returns once the subscription is in place
+    /// everywhere (or after a bound, in which case it is woken with
+    /// [`Wake::Reread`] when it is): read the mailbox after this, so that nothing
+    /// stored between the read and the first wake-up is missed.
+    async fn subscribe(&self, device: DeviceId) -> FanoutSubscription;
     /// Says that `device` just opened a connection on this node, so other nodes close
     /// theirs (a device has one live connection). Single-node fan-outs have nothing to
     /// do: the node replaces its own older connection itself.
@@ -146,19 +164,22 @@ impl InProcessFanout {
 
 #[async_trait]
 impl Fanout for InProcessFanout {
-    async fn notify(&self, device: DeviceId, wake: Wake) {
-        if let Ok(mut devices) = self.devices.lock()
-            && let Some(tx) = devices.get(&device)
-        {
-            if tx.receiver_count() == 0 {
-                devices.remove(&device);
-            } else {
-                tx.send_if_modified(|mark| mark.raise(wake));
+    async fn notify_many(&self, wakes: &[(DeviceId, Wake)]) {
+        let Ok(mut devices) = self.devices.lock() else {
+            return;
+        };
+        for &(device, wake) in wakes {
+            if let Some(tx) = devices.get(&device) {
+                if tx.receiver_count() == 0 {
+                    devices.remove(&device);
+                } else {
+                    tx.send_if_modified(|mark| mark.raise(wake));
+                }
             }
         }
     }
 
-    fn subscribe(&self, device: DeviceId) -> FanoutSubscription {
+    async fn subscribe(&self, device: DeviceId) -> FanoutSubscription {
         match self.devices.lock() {
             Ok(mut devices) => {
                 let tx = devices
@@ -191,7 +212,7 @@ mod tests {
     #[tokio::test]
     async fn wake_ups_merge_to_the_highest_seq_and_rereads_win() {
         let fanout = InProcessFanout::new();
-        let mut sub = fanout.subscribe(device(1));
+        let mut sub = fanout.subscribe(device(1)).await;
         assert_eq!(pending(&mut sub).await, None);
         fanout.notify(device(1), Wake::UpTo(5)).await;
         fanout.notify(device(1), Wake::UpTo(3)).await;
@@ -214,10 +235,10 @@ mod tests {
     #[tokio::test]
     async fn a_new_subscription_starts_after_earlier_wake_ups() {
         let fanout = InProcessFanout::new();
-        let first = fanout.subscribe(device(1));
+        let first = fanout.subscribe(device(1)).await;
         fanout.notify(device(1), Wake::UpTo(4)).await;
         fanout.notify(device(1), Wake::Reread).await;
-        let mut second = fanout.subscribe(device(1));
+        let mut second = fanout.subscribe(device(1)).await;
         drop(first);
         assert_eq!(pending(&mut second).await, None);
         fanout.notify(device(1), Wake::UpTo(5)).await;

@@ -129,8 +129,9 @@ async fn serve(
     after: u64,
     mut guard: SocketGuard,
 ) {
-    // Subscribe before the first read so no wake-up between read and wait is lost.
-    let mut wake = state.fanout().subscribe(device);
+    // Subscribe before the first read so no wake-up between read and wait is lost: the
+    // subscription is in place everywhere when `subscribe` returns.
+    let mut wake = state.fanout().subscribe(device).await;
     let mut superseded = wake.take_superseded();
     // Other nodes holding an older connection of this device close it.
     state.fanout().announce_connection(device).await;

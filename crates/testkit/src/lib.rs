@@ -3,6 +3,7 @@
 //! thread so that both async tests and plain `#[test]`s driving a CLI binary can use it.
 
 mod lying;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

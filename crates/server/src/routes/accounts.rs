@@ -238,9 +238,10 @@ pub async fn publish_devices(
             Ok(()) | Err(StoreError::UnknownDevice) => {}
             Err(e) => return Err(e.into()),
         }
-        // Wake its WebSocket so it notices it is gone.
-        state.fanout().notify(*id, Wake::Reread).await;
     }
+    // Wake their WebSockets so they notice they are gone.
+    let wakes: Vec<(DeviceId, Wake)> = removed.iter().map(|&id| (id, Wake::Reread)).collect();
+    state.fanout().notify_many(&wakes).await;
     tracing::debug!(
         added = new.len(),
         removed = removed.len(),

@@ -110,15 +110,18 @@ fn framing_for(bytes: &[u8], group: ConversationId, what: &str) -> Result<MlsFra
 }
 
 /// Wakes every device the store delivered to (once each, with its highest new seq).
+/// Returns once the wake-ups survive this node's crash: the sender is answered after.
 async fn notify_delivered(state: &AppState, accepted: &Accepted) {
     let mut newest: BTreeMap<DeviceId, u64> = BTreeMap::new();
     for &(device, seq) in &accepted.delivered {
         let top = newest.entry(device).or_default();
         *top = (*top).max(seq);
     }
-    for (device, seq) in newest {
-        state.fanout().notify(device, Wake::UpTo(seq)).await;
-    }
+    let wakes: Vec<(DeviceId, Wake)> = newest
+        .into_iter()
+        .map(|(device, seq)| (device, Wake::UpTo(seq)))
+        .collect();
+    state.fanout().notify_many(&wakes).await;
 }
 
 /// `POST /v1/groups/{id}/commits` body.
