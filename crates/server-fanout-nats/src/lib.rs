@@ -39,6 +39,7 @@
 //!   heartbeats died too) is read from the store.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,6 +98,8 @@ pub struct NatsFanout {
     /// Callers waiting for a sync (see [`NatsFanout::sync`]).
     syncs: mpsc::UnboundedSender<oneshot::Sender<bool>>,
     timing: Timing,
+    /// How many other nodes this one hears (heartbeats within `peer_lost_after`).
+    heard: Arc<AtomicUsize>,
     /// Tells the background tasks to stop when the last clone is dropped.
     _stop: Arc<StopOnDrop>,
 }
@@ -230,6 +233,7 @@ impl NatsFanout {
             node,
             syncs,
             timing,
+            heard: Arc::default(),
             _stop: Arc::new(StopOnDrop(stop_tx)),
         };
         tokio::spawn(run_syncs(
@@ -266,6 +270,7 @@ impl NatsFanout {
             own,
             beats,
             Arc::clone(&fanout.local),
+            Arc::clone(&fanout.heard),
             timing,
             stop.clone(),
         ));
@@ -292,6 +297,13 @@ impl NatsFanout {
     /// `<prefix>.<kind>.<device id in hex>`.
     fn subject(&self, kind: &str, device: DeviceId) -> String {
         format!("{}.{kind}.{}", self.prefix, hex(device.as_bytes()))
+    }
+
+    /// How many other nodes this one hears now (their heartbeats arrive). A node only
+    /// misses peers it has heard: one that dies within a heartbeat of this node's start
+    /// goes unnoticed here.
+    pub fn peers_heard(&self) -> usize {
+        self.heard.load(Ordering::Relaxed)
     }
 
     /// Waits until NATS has everything this node sent before the call; `false` if it
@@ -447,6 +459,7 @@ async fn run_heartbeats(
     own: String,
     mut beats: async_nats::Subscriber,
     local: Local,
+    heard: Arc<AtomicUsize>,
     timing: Timing,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -473,6 +486,7 @@ async fn run_heartbeats(
                     tracing::info!("a server node fell silent; local devices re-read their mailboxes");
                     wake_all(&local);
                 }
+                heard.store(peers.values().filter(|p| !p.lost).count(), Ordering::Relaxed);
             }
             beat = beats.next() => {
                 let Some(beat) = beat else { break };
@@ -488,6 +502,7 @@ async fn run_heartbeats(
                     tracing::info!("a server node is heard again; local devices re-read their mailboxes");
                     wake_all(&local);
                 }
+                heard.store(peers.values().filter(|p| !p.lost).count(), Ordering::Relaxed);
             }
             () = stopped(&mut stop) => break,
         }

@@ -131,6 +131,19 @@ async fn woken(sub: &mut FanoutSubscription, what: &str) -> Wake {
         .unwrap_or_else(|_| panic!("not woken: {what}"))
 }
 
+/// Waits until `node` hears `n` other nodes (polls what it reports).
+async fn wait_heard(node: &NatsFanout, n: usize) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while node.peers_heard() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node hears {} peers, expected {n}",
+            node.peers_heard()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// No wake-up within `within` (a check that something does not happen: a slow machine
 /// can only make it pass more easily, never fail it).
 async fn not_woken(sub: &mut FanoutSubscription, within: Duration) -> bool {
@@ -288,8 +301,8 @@ async fn a_node_that_falls_silent_makes_the_others_reread() {
     let node2 = node(&server.url(), prefix, fast).await;
     let bob = DeviceId::from_bytes([2; 16]);
     let mut bob_sub = node2.subscribe(bob).await;
-    // Node 2 has heard node 1 (a wake-up proves the link works end to end; heartbeats
-    // go the same way, every 100 ms).
+    // Node 2 hears node 1 (a node only misses peers it has heard).
+    wait_heard(&node2, 1).await;
     node1.notify(bob, Wake::UpTo(1)).await;
     assert_eq!(woken(&mut bob_sub, "link works").await, Wake::UpTo(1));
     assert!(node1.sync().await, "a working link confirms");
@@ -323,14 +336,17 @@ async fn a_node_heard_again_makes_the_others_reread() {
     let node2 = node(&server.url(), prefix, fast).await;
     let bob = DeviceId::from_bytes([2; 16]);
     let mut bob_sub = node2.subscribe(bob).await;
+    wait_heard(&node2, 1).await;
     node1.notify(bob, Wake::UpTo(1)).await;
     assert_eq!(woken(&mut bob_sub, "link works").await, Wake::UpTo(1));
 
     link.hold();
     assert_eq!(woken(&mut bob_sub, "node 1 stalled").await, Wake::Reread);
+    assert_eq!(node2.peers_heard(), 0);
     link.forward();
     // Held heartbeats (and anything else) arrive now: node 1 is back.
     assert_eq!(woken(&mut bob_sub, "node 1 is back").await, Wake::Reread);
+    assert_eq!(node2.peers_heard(), 1);
     drop(node1);
 }
 
