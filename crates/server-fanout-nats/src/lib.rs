@@ -482,11 +482,12 @@ async fn run_heartbeats(
                     }
                     silent < forget_after
                 });
+                // Counted before the wake-ups, so whoever is woken sees the new count.
+                heard.store(peers.values().filter(|p| !p.lost).count(), Ordering::Relaxed);
                 if changed {
                     tracing::info!("a server node fell silent; local devices re-read their mailboxes");
                     wake_all(&local);
                 }
-                heard.store(peers.values().filter(|p| !p.lost).count(), Ordering::Relaxed);
             }
             beat = beats.next() => {
                 let Some(beat) = beat else { break };
@@ -497,12 +498,12 @@ async fn run_heartbeats(
                 let now = Instant::now();
                 let peer = peers.entry(subject.to_owned()).or_insert(Peer { last: now, lost: false });
                 peer.last = now;
-                if peer.lost {
-                    peer.lost = false;
+                let back = std::mem::replace(&mut peer.lost, false);
+                heard.store(peers.values().filter(|p| !p.lost).count(), Ordering::Relaxed);
+                if back {
                     tracing::info!("a server node is heard again; local devices re-read their mailboxes");
                     wake_all(&local);
                 }
-                heard.store(peers.values().filter(|p| !p.lost).count(), Ordering::Relaxed);
             }
             () = stopped(&mut stop) => break,
         }
