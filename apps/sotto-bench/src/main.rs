@@ -21,7 +21,13 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use ed25519_dalek::{Signer, SigningKey};
 use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
 use serde_json::{Value, json};
+use sotto_api::paths::{self, Endpoint};
+use sotto_api::{
+    B64, ClientFrame, CommitRequest, CreateGroupRequest, MessageRequest, RegisterRequest,
+    RegisterResponse, ServerFrame,
+};
 use sotto_proto::{
     CertificateFields, ConversationId, DeviceCertificate, DeviceId, DeviceList, DeviceListFields,
     IdentityPublicKey, MessageId, Username,
@@ -202,14 +208,17 @@ impl Http {
         })
     }
 
-    async fn request(
+    /// One request: `endpoint` at `path` (its template filled in), with a JSON body.
+    /// Answers the status and the body as JSON (`null` when it is not JSON).
+    async fn request<B: Serialize>(
         &mut self,
-        method: &str,
+        endpoint: Endpoint,
         path: &str,
         token: Option<&str>,
-        body: &Value,
+        body: &B,
     ) -> Res<(u16, Value)> {
-        let body = body.to_string();
+        let method = endpoint.method.as_str();
+        let body = serde_json::to_string(body).map_err(|e| format!("encoding a request: {e}"))?;
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
@@ -268,29 +277,29 @@ async fn register(http: &mut Http, username: &str) -> Res<Account> {
     };
     let cert_sig = sk.sign(&cert_fields.to_be_signed()).to_bytes();
     let list_fields = DeviceListFields {
-        username: name,
+        username: name.clone(),
         identity_key: pk,
         version: 1,
         devices: vec![DeviceCertificate::from_parts(cert_fields, cert_sig)],
     };
     let list_sig = sk.sign(&list_fields.to_be_signed()).to_bytes();
     let list = DeviceList::from_parts(list_fields, list_sig);
+    let request = RegisterRequest {
+        username: name.clone(),
+        device_list: list,
+    };
     let (status, body) = http
-        .request(
-            "POST",
-            "/v1/accounts",
-            None,
-            &json!({"username": username, "device_list": list}),
-        )
+        .request(paths::REGISTER, paths::REGISTER.template, None, &request)
         .await?;
     if status != 201 {
         return Err(format!("registering {username}: HTTP {status} {body}"));
     }
-    let token = body["token"]
-        .as_str()
-        .ok_or("registration answer without a token")?
-        .to_owned();
-    Ok(Account { token, device })
+    let answer: RegisterResponse =
+        serde_json::from_value(body).map_err(|e| format!("unreadable registration answer: {e}"))?;
+    Ok(Account {
+        token: answer.token,
+        device,
+    })
 }
 
 /// Registers `count` accounts named `<prefix><i>` over `parallel` connections.
@@ -338,19 +347,15 @@ fn private_message(group: ConversationId, epoch: u64, content_type: u8, tail: &[
 
 const HEADER: usize = 31;
 
-fn b64(bytes: &[u8]) -> String {
-    sotto_proto::b64::encode(bytes)
-}
-
 /// Creates a group owned by `owner` and adds `members` in one commit (epoch 0 → 1).
 async fn make_group(http: &mut Http, owner: &Account, members: &[DeviceId]) -> Res<ConversationId> {
     let group = ConversationId::from_bytes(random::<16>());
     let (status, body) = http
         .request(
-            "POST",
-            "/v1/groups",
+            paths::CREATE_GROUP,
+            paths::CREATE_GROUP.template,
             Some(&owner.token),
-            &json!({"group_id": group}),
+            &CreateGroupRequest { group_id: group },
         )
         .await?;
     if status != 201 {
@@ -358,17 +363,19 @@ async fn make_group(http: &mut Http, owner: &Account, members: &[DeviceId]) -> R
     }
     let mut welcome = vec![0, 1, 0, 3];
     welcome.extend_from_slice(&[0x5a; 64]);
+    let commit = CommitRequest {
+        epoch: 0,
+        added: members.to_vec(),
+        removed: Vec::new(),
+        commit: B64(private_message(group, 0, 3, &[0xc0; 64])),
+        welcome: Some(B64(welcome)),
+    };
     let (status, body) = http
         .request(
-            "POST",
-            &format!("/v1/groups/{group}/commits"),
+            paths::COMMIT,
+            &paths::commits(group),
             Some(&owner.token),
-            &json!({
-                "epoch": 0,
-                "added": members,
-                "commit": b64(&private_message(group, 0, 3, &[0xc0; 64])),
-                "welcome": b64(&welcome),
-            }),
+            &commit,
         )
         .await?;
     if status != 200 {
@@ -396,7 +403,7 @@ async fn ws_connect(
         .await
         .map_err(|e| format!("WebSocket connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let mut req = format!("ws://{addr}/v1/ws?after={after}")
+    let mut req = format!("ws://{addr}{}?after={after}", paths::WEBSOCKET.template)
         .into_client_request()
         .map_err(|e| e.to_string())?;
     let auth = format!("Bearer {token}")
@@ -417,12 +424,23 @@ fn entry(msg: &Message) -> Option<(u64, Vec<u8>)> {
     let Message::Text(text) = msg else {
         return None;
     };
-    let v: Value = serde_json::from_str(text).ok()?;
-    if v["type"] != "entry" {
-        return None;
+    let ServerFrame::Entry { seq, body, .. } = serde_json::from_str(text).ok()?;
+    Some((seq, sotto_proto::b64::decode(&body).ok()?))
+}
+
+/// The ack frame for entries up to `seq`.
+fn ack(seq: u64) -> Message {
+    let text = serde_json::to_string(&ClientFrame::Ack { up_to: seq })
+        .unwrap_or_else(|_| format!(r#"{{"type":"ack","up_to":{seq}}}"#));
+    Message::Text(text.into())
+}
+
+/// A message request whose body is an application PrivateMessage ending in `tail`.
+fn message(group: ConversationId, n: u64, tail: &[u8]) -> MessageRequest {
+    MessageRequest {
+        message_id: MessageId::new_v7(1_700_000_000_000 + n, &random::<10>()),
+        body: B64(private_message(group, 1, 1, tail)),
     }
-    let body = sotto_proto::b64::decode(v["body"].as_str()?).ok()?;
-    Some((v["seq"].as_u64()?, body))
 }
 
 // ----- measurement -----
@@ -560,8 +578,7 @@ async fn relay(args: &Args, addr: SocketAddr) -> Res<Value> {
                         .get(HEADER..HEADER + 8)
                         .and_then(|b| b.try_into().ok())
                         .map_or(now, u64::from_be_bytes);
-                    let ack = json!({"type": "ack", "up_to": seq}).to_string();
-                    if ws.send(Message::Text(ack.into())).await.is_err() {
+                    if ws.send(ack(seq)).await.is_err() {
                         stats.error("websocket closed".into()).await;
                         break;
                     }
@@ -580,7 +597,7 @@ async fn relay(args: &Args, addr: SocketAddr) -> Res<Value> {
                 stats.error("connect".into()).await;
                 return;
             };
-            let path = format!("/v1/groups/{group}/messages");
+            let path = paths::messages(group);
             let mut n: u64 = 0;
             while running.load(Ordering::Relaxed) {
                 if let Some(p) = pace.as_mut() {
@@ -589,9 +606,11 @@ async fn relay(args: &Args, addr: SocketAddr) -> Res<Value> {
                 n += 1;
                 let mut tail = vec![0u8; payload - HEADER];
                 tail[..8].copy_from_slice(&(epoch0.elapsed().as_micros() as u64).to_be_bytes());
-                let id = MessageId::new_v7(1_700_000_000_000 + n, &random::<10>());
-                let body = json!({"message_id": id.to_string(), "body": b64(&private_message(group, 1, 1, &tail))});
-                match http.request("POST", &path, Some(&sender.token), &body).await {
+                let body = message(group, n, &tail);
+                match http
+                    .request(paths::MESSAGE, &path, Some(&sender.token), &body)
+                    .await
+                {
                     Ok((202, _)) => {
                         if stats.counting.load(Ordering::Relaxed) {
                             stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -758,8 +777,7 @@ async fn fanout(args: &Args, addr: SocketAddr) -> Res<Value> {
                 let Some((seq, _)) = entry(&msg) else {
                     continue;
                 };
-                let ack = json!({"type": "ack", "up_to": seq}).to_string();
-                let _ = ws.send(Message::Text(ack.into())).await;
+                let _ = ws.send(ack(seq)).await;
                 if received.fetch_add(1, Ordering::SeqCst) + 1 == expected {
                     all_in.notify_one();
                 }
@@ -770,14 +788,13 @@ async fn fanout(args: &Args, addr: SocketAddr) -> Res<Value> {
     for round in 0..args.rounds {
         received.store(0, Ordering::SeqCst);
         let waiter = all_in.notified();
-        let id = MessageId::new_v7(1_700_000_000_000 + round as u64, &random::<10>());
         let tail = vec![0u8; args.payload.saturating_sub(HEADER)];
-        let body = json!({"message_id": id.to_string(), "body": b64(&private_message(group, 1, 1, &tail))});
+        let body = message(group, round as u64, &tail);
         let start = Instant::now();
         let (status, answer) = http
             .request(
-                "POST",
-                &format!("/v1/groups/{group}/messages"),
+                paths::MESSAGE,
+                &paths::messages(group),
                 Some(&sender.token),
                 &body,
             )

@@ -19,7 +19,8 @@ use tokio::sync::broadcast;
 use crate::attachment;
 use crate::error::ClientError;
 use crate::profile::{Account, Profile, StoredConversation, StoredMessage, Tx, now_ms};
-use crate::transport::{Entry, Transport};
+use crate::transport::{Entry, EntryKind, Transport};
+use sotto_api::ErrorCode;
 
 /// One-time KeyPackages uploaded at registration and on top-up.
 const KEY_PACKAGE_BATCH: usize = 50;
@@ -612,7 +613,7 @@ impl Client {
                 })?;
                 Ok(true)
             }
-            Err(e) if e.server_code() == Some("stale_epoch") => {
+            Err(e) if e.server_code() == Some(ErrorCode::StaleEpoch) => {
                 self.write(|tx| Ok(load(tx, id)?.discard_commit(&tx.provider())?))?;
                 self.catch_up().await?;
                 Ok(false)
@@ -1020,7 +1021,7 @@ impl Client {
                         conversation: id,
                     });
                 }
-                Err(e) if e.server_code() == Some("stale_epoch") => {
+                Err(e) if e.server_code() == Some(ErrorCode::StaleEpoch) => {
                     self.catch_up().await?;
                 }
                 Err(e) => return Err(e),
@@ -1067,7 +1068,7 @@ impl Client {
                 break;
             };
             for entry in entries {
-                joined |= entry.kind == "welcome";
+                joined |= entry.kind == EntryKind::Welcome;
                 self.process_entry(&account, entry)?;
             }
             self.transport.ack(&account.token, last).await?;
@@ -1279,10 +1280,10 @@ fn handle(
     entry: &Entry,
     now: u64,
 ) -> Result<Vec<Event>, ClientError> {
-    match entry.kind.as_str() {
-        "welcome" => {
+    match entry.kind {
+        EntryKind::Welcome => {
             let mut trust = tx.trust();
-            let joined = Conversation::join(&tx.provider(), &mut trust, &entry.body, config);
+            let joined = Conversation::join(&tx.provider(), &mut trust, &entry.body.0, config);
             trust.finish()?;
             let joined = match joined {
                 Ok(j) => j,
@@ -1319,12 +1320,12 @@ fn handle(
                 by: joined.added_by.username,
             }])
         }
-        "commit" | "message" => {
+        EntryKind::Commit | EntryKind::Message => {
             let Some(mut conv) = Conversation::load(&tx.provider(), entry.group)? else {
                 return Err(ClientError::UnknownConversation(entry.group.to_string()));
             };
             let mut trust = tx.trust();
-            let incoming = conv.process(&tx.provider(), &mut trust, &entry.body);
+            let incoming = conv.process(&tx.provider(), &mut trust, &entry.body.0);
             trust.finish()?;
             match incoming? {
                 Incoming::Message(_)
@@ -1359,9 +1360,6 @@ fn handle(
                 _ => Ok(Vec::new()),
             }
         }
-        other => Err(ClientError::Local(format!(
-            "unknown mailbox entry kind {other:?}"
-        ))),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The SDK's error type: what went wrong, said so that a CLI can print it as one line
 //! and a UI can act on the kind.
 
+use sotto_api::ErrorCode;
 use sotto_core::{ConversationError, Refusal};
 
 /// Why a client operation failed.
@@ -31,7 +32,7 @@ pub enum ClientError {
         /// HTTP status.
         status: u16,
         /// The server's stable error code.
-        code: String,
+        code: ErrorCode,
         /// The server's message.
         message: String,
     },
@@ -73,9 +74,9 @@ impl From<rusqlite::Error> for ClientError {
 
 impl ClientError {
     /// The server's error code, if the server refused.
-    pub fn server_code(&self) -> Option<&str> {
+    pub fn server_code(&self) -> Option<ErrorCode> {
         match self {
-            Self::Server { code, .. } => Some(code),
+            Self::Server { code, .. } => Some(*code),
             _ => None,
         }
     }

@@ -21,4 +21,5 @@ pub use client::{Client, ConversationSummary, Event, Sent, WhoAmI};
 pub use devices::DeviceInfo;
 pub use error::ClientError;
 pub use profile::{StoredConversation, StoredMessage};
+pub use sotto_api::ErrorCode;
 pub use sotto_proto::{ConversationId, DeviceId, MessageId, Username};

@@ -4,8 +4,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use serde::Deserialize;
-use sotto_proto::{ConversationId, b64};
+use sotto_api::close::{DEVICE_REMOVED as CLOSE_DEVICE_REMOVED, REPLACED as CLOSE_REPLACED};
+use sotto_api::{ClientFrame, ServerFrame, paths};
+use sotto_proto::b64;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -13,24 +14,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::client::{Client, Event};
 use crate::error::ClientError;
 use crate::transport::Entry;
-
-/// Close code: another connection of this device took over.
-const CLOSE_REPLACED: u16 = 4000;
-/// Close code: this device was removed from its account.
-const CLOSE_DEVICE_REMOVED: u16 = 4001;
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Frame {
-    Entry {
-        seq: u64,
-        kind: String,
-        group: ConversationId,
-        #[serde(with = "b64::serde_bytes")]
-        body: Vec<u8>,
-        received_at: u64,
-    },
-}
 
 /// A byte stream the WebSocket runs on: TCP, or TLS over TCP for `wss://`.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -138,8 +121,12 @@ impl Client {
         };
         let base = self.transport.base();
         let url = match base.split_once("://") {
-            Some(("https", rest)) => format!("wss://{rest}/v1/ws?after={cursor}"),
-            Some(("http", rest)) => format!("ws://{rest}/v1/ws?after={cursor}"),
+            Some(("https", rest)) => {
+                format!("wss://{rest}{}?after={cursor}", paths::WEBSOCKET.template)
+            }
+            Some(("http", rest)) => {
+                format!("ws://{rest}{}?after={cursor}", paths::WEBSOCKET.template)
+            }
             _ => {
                 return Ended::Fatal(ClientError::Usage(format!(
                     "the server URL {base} must start with http:// or https://"
@@ -182,21 +169,24 @@ impl Client {
                 Ok(_) => continue,
                 Err(_) => return Ended::Retry,
             };
-            let Ok(Frame::Entry {
+            let Ok(ServerFrame::Entry {
                 seq,
                 kind,
                 group,
                 body,
                 received_at,
-            }) = serde_json::from_str::<Frame>(&text)
+            }) = serde_json::from_str::<ServerFrame<'_>>(&text)
             else {
+                continue;
+            };
+            let Ok(body) = b64::decode(&body) else {
                 continue;
             };
             let entry = Entry {
                 seq,
                 kind,
                 group,
-                body,
+                body: body.into(),
                 received_at,
             };
             if let Err(e) = self.process_entry(&account, entry) {
@@ -219,7 +209,9 @@ impl Client {
                 Ok(_) => {}
                 Err(e) => return Ended::Fatal(e),
             }
-            let ack = serde_json::json!({"type": "ack", "up_to": seq}).to_string();
+            let Ok(ack) = serde_json::to_string(&ClientFrame::Ack { up_to: seq }) else {
+                return Ended::Retry;
+            };
             if socket.send(Message::Text(ack.into())).await.is_err() {
                 return Ended::Retry;
             }

@@ -1,13 +1,20 @@
-//! The server's HTTP API as typed calls (see `docs/protocol.md`).
+//! The server's HTTP API as typed calls (see `docs/protocol.md`), over the wire types of
+//! `sotto-api`.
 
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
-use sotto_proto::{
-    ConversationId, DeviceId, DeviceList, IdentityPublicKey, MessageId, Username, b64,
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use sotto_api::paths::{self, Endpoint};
+use sotto_api::{
+    AccountResponse, AckRequest, AckResponse, ClaimRequest, ClaimResponse, CommitRequest,
+    CommitResponse, CreateGroupRequest, CreateGroupResponse, ErrorBody, ErrorCode, FetchResponse,
+    MessageRequest, MessageResponse, PublishRequest, RegisterRequest, RegisterResponse,
+    UploadAttachmentResponse, UploadKeyPackagesRequest,
 };
+use sotto_proto::{ConversationId, DeviceId, DeviceList, IdentityPublicKey, MessageId, Username};
 
 use crate::error::ClientError;
+
+pub use sotto_api::{Entry, EntryKind, KeyPackageStatus, PublishResponse};
 
 /// An HTTP client bound to one server.
 #[derive(Clone, Debug)]
@@ -27,93 +34,15 @@ pub struct AccountInfo {
     pub device_list: DeviceList,
 }
 
-/// One mailbox entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Entry {
-    /// The per-device sequence number.
-    pub seq: u64,
-    /// `welcome`, `commit` or `message`.
-    pub kind: String,
-    /// The conversation.
-    pub group: ConversationId,
-    /// The MLS bytes.
-    #[serde(with = "b64::serde_bytes")]
-    pub body: Vec<u8>,
-    /// When the server accepted it.
-    pub received_at: u64,
-}
+/// A request body, or none.
+const NO_BODY: Option<&()> = None;
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    code: String,
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct RegisterAnswer {
-    token: String,
-}
-
-#[derive(Deserialize)]
-struct AccountAnswer {
-    identity_key: IdentityPublicKey,
-    #[serde(with = "b64::serde_bytes")]
-    device_list: Vec<u8>,
-}
-
-#[derive(Deserialize)]
-struct Claimed {
-    device_id: DeviceId,
-    #[serde(with = "b64::serde_bytes")]
-    key_package: Vec<u8>,
-}
-
-#[derive(Deserialize)]
-struct ClaimAnswer {
-    key_packages: Vec<Claimed>,
-}
-
-/// Remaining KeyPackages on the server.
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct KeyPackageStatus {
-    /// One-time KeyPackages left.
-    pub one_time_remaining: u32,
-    /// Whether a last-resort KeyPackage is stored.
-    pub has_last_resort: bool,
-}
-
-#[derive(Deserialize)]
-struct EpochAnswer {
-    epoch: u64,
-}
-
-#[derive(Deserialize)]
-struct MessageAnswer {
-    duplicate: bool,
-}
-
-#[derive(Deserialize)]
-struct FetchAnswer {
-    entries: Vec<Entry>,
-}
-
-/// The answer to publishing a device list.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PublishAnswer {
-    /// The new version.
-    pub version: u64,
-    /// The token of the device added by this list, if one was.
-    pub new_device_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct UploadAnswer {
-    id: String,
+fn method(endpoint: Endpoint) -> reqwest::Method {
+    match endpoint.method {
+        paths::Method::Get => reqwest::Method::GET,
+        paths::Method::Post => reqwest::Method::POST,
+        paths::Method::Put => reqwest::Method::PUT,
+    }
 }
 
 impl Transport {
@@ -215,25 +144,28 @@ impl Transport {
             },
             Err(_) => ClientError::Server {
                 status: status.as_u16(),
-                code: "unknown".into(),
+                code: ErrorCode::Unknown,
                 message: format!("HTTP {status}"),
             },
         })
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// Calls `endpoint` at `path` (its template filled in) with an optional JSON body.
+    async fn call<T: DeserializeOwned, B: Serialize>(
         &self,
-        method: reqwest::Method,
+        endpoint: Endpoint,
         path: &str,
         token: Option<&str>,
-        body: Option<Value>,
+        body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self
+            .http
+            .request(method(endpoint), format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.json(&b);
+            req = req.json(b);
         }
         let resp = req.send().await.map_err(|e| self.network(&e))?;
         self.answer(resp).await
@@ -245,16 +177,15 @@ impl Transport {
         username: &Username,
         list: &DeviceList,
     ) -> Result<String, ClientError> {
-        let answer: RegisterAnswer = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/accounts",
-                None,
-                Some(json!({"username": username, "device_list": list})),
-            )
+        let body = RegisterRequest {
+            username: username.clone(),
+            device_list: list.clone(),
+        };
+        let answer: RegisterResponse = self
+            .call(paths::REGISTER, paths::REGISTER.template, None, Some(&body))
             .await
             .map_err(|e| match e.server_code() {
-                Some("username_taken") => ClientError::UsernameTaken(username.to_string()),
+                Some(ErrorCode::UsernameTaken) => ClientError::UsernameTaken(username.to_string()),
                 _ => e,
             })?;
         Ok(answer.token)
@@ -266,20 +197,20 @@ impl Transport {
         token: &str,
         username: &Username,
     ) -> Result<AccountInfo, ClientError> {
-        let answer: AccountAnswer = self
+        let answer: AccountResponse = self
             .call(
-                reqwest::Method::GET,
-                &format!("/v1/accounts/{username}"),
+                paths::ACCOUNT,
+                &paths::account(username),
                 Some(token),
-                None,
+                NO_BODY,
             )
             .await
             .map_err(|e| match e.server_code() {
-                Some("unknown_user") => ClientError::UnknownUser(username.to_string()),
+                Some(ErrorCode::UnknownUser) => ClientError::UnknownUser(username.to_string()),
                 _ => e,
             })?;
         let device_list =
-            DeviceList::from_bytes(&answer.device_list).map_err(|e| ClientError::Network {
+            DeviceList::from_bytes(&answer.device_list.0).map_err(|e| ClientError::Network {
                 url: self.base.clone(),
                 reason: format!("the server sent an unreadable device list: {e}"),
             })?;
@@ -294,12 +225,15 @@ impl Transport {
         &self,
         token: &str,
         list: &DeviceList,
-    ) -> Result<PublishAnswer, ClientError> {
+    ) -> Result<PublishResponse, ClientError> {
+        let body = PublishRequest {
+            device_list: list.clone(),
+        };
         self.call(
-            reqwest::Method::PUT,
-            "/v1/devices",
+            paths::PUBLISH_DEVICES,
+            paths::PUBLISH_DEVICES.template,
             Some(token),
-            Some(json!({"device_list": list})),
+            Some(&body),
         )
         .await
     }
@@ -311,17 +245,16 @@ impl Transport {
         one_time: &[Vec<u8>],
         last_resort: Option<&[u8]>,
     ) -> Result<(), ClientError> {
-        let one_time: Vec<String> = one_time.iter().map(|k| b64::encode(k)).collect();
-        let mut body = json!({ "one_time": one_time });
-        if let Some(lr) = last_resort {
-            body["last_resort"] = json!(b64::encode(lr));
-        }
-        let _: Value = self
+        let body = UploadKeyPackagesRequest {
+            one_time: one_time.iter().map(|k| k.as_slice().into()).collect(),
+            last_resort: last_resort.map(Into::into),
+        };
+        let _: KeyPackageStatus = self
             .call(
-                reqwest::Method::POST,
-                "/v1/key-packages",
+                paths::UPLOAD_KEY_PACKAGES,
+                paths::UPLOAD_KEY_PACKAGES.template,
                 Some(token),
-                Some(body),
+                Some(&body),
             )
             .await?;
         Ok(())
@@ -329,8 +262,13 @@ impl Transport {
 
     /// `GET /v1/key-packages`.
     pub async fn key_package_status(&self, token: &str) -> Result<KeyPackageStatus, ClientError> {
-        self.call(reqwest::Method::GET, "/v1/key-packages", Some(token), None)
-            .await
+        self.call(
+            paths::KEY_PACKAGE_STATUS,
+            paths::KEY_PACKAGE_STATUS.template,
+            Some(token),
+            NO_BODY,
+        )
+        .await
     }
 
     /// `POST /v1/key-packages/claim`: one KeyPackage per device of `username`.
@@ -339,33 +277,36 @@ impl Transport {
         token: &str,
         username: &Username,
     ) -> Result<Vec<(DeviceId, Vec<u8>)>, ClientError> {
-        let answer: ClaimAnswer = self
+        let body = ClaimRequest {
+            username: username.clone(),
+        };
+        let answer: ClaimResponse = self
             .call(
-                reqwest::Method::POST,
-                "/v1/key-packages/claim",
+                paths::CLAIM_KEY_PACKAGES,
+                paths::CLAIM_KEY_PACKAGES.template,
                 Some(token),
-                Some(json!({"username": username})),
+                Some(&body),
             )
             .await
             .map_err(|e| match e.server_code() {
-                Some("unknown_user") => ClientError::UnknownUser(username.to_string()),
+                Some(ErrorCode::UnknownUser) => ClientError::UnknownUser(username.to_string()),
                 _ => e,
             })?;
         Ok(answer
             .key_packages
             .into_iter()
-            .map(|c| (c.device_id, c.key_package))
+            .map(|c| (c.device_id, c.key_package.0))
             .collect())
     }
 
     /// `POST /v1/groups`.
     pub async fn create_group(&self, token: &str, id: ConversationId) -> Result<(), ClientError> {
-        let _: Value = self
+        let _: CreateGroupResponse = self
             .call(
-                reqwest::Method::POST,
-                "/v1/groups",
+                paths::CREATE_GROUP,
+                paths::CREATE_GROUP.template,
                 Some(token),
-                Some(json!({"group_id": id})),
+                Some(&CreateGroupRequest { group_id: id }),
             )
             .await?;
         Ok(())
@@ -379,29 +320,15 @@ impl Transport {
         out: &sotto_core::OutgoingCommit,
     ) -> Result<u64, ClientError> {
         let m = &out.metadata;
-        let (epoch, added, removed, commit, welcome) = (
-            m.epoch,
-            &m.added,
-            &m.removed,
-            &out.commit,
-            out.welcome.as_deref(),
-        );
-        let mut body = json!({
-            "epoch": epoch,
-            "added": added,
-            "removed": removed,
-            "commit": b64::encode(commit),
-        });
-        if let Some(w) = welcome {
-            body["welcome"] = json!(b64::encode(w));
-        }
-        let answer: EpochAnswer = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/groups/{id}/commits"),
-                Some(token),
-                Some(body),
-            )
+        let body = CommitRequest {
+            epoch: m.epoch,
+            added: m.added.clone(),
+            removed: m.removed.clone(),
+            commit: out.commit.as_slice().into(),
+            welcome: out.welcome.as_deref().map(Into::into),
+        };
+        let answer: CommitResponse = self
+            .call(paths::COMMIT, &paths::commits(id), Some(token), Some(&body))
             .await?;
         Ok(answer.epoch)
     }
@@ -414,12 +341,16 @@ impl Transport {
         message_id: MessageId,
         body: &[u8],
     ) -> Result<bool, ClientError> {
-        let answer: MessageAnswer = self
+        let request = MessageRequest {
+            message_id,
+            body: body.into(),
+        };
+        let answer: MessageResponse = self
             .call(
-                reqwest::Method::POST,
-                &format!("/v1/groups/{id}/messages"),
+                paths::MESSAGE,
+                &paths::messages(id),
                 Some(token),
-                Some(json!({"message_id": message_id, "body": b64::encode(body)})),
+                Some(&request),
             )
             .await?;
         Ok(answer.duplicate)
@@ -427,12 +358,12 @@ impl Transport {
 
     /// `GET /v1/mailbox?after=`.
     pub async fn fetch(&self, token: &str, after: u64) -> Result<Vec<Entry>, ClientError> {
-        let answer: FetchAnswer = self
+        let answer: FetchResponse = self
             .call(
-                reqwest::Method::GET,
-                &format!("/v1/mailbox?after={after}&limit=500"),
+                paths::FETCH,
+                &format!("{}?after={after}&limit=500", paths::FETCH.template),
                 Some(token),
-                None,
+                NO_BODY,
             )
             .await?;
         Ok(answer.entries)
@@ -440,12 +371,12 @@ impl Transport {
 
     /// `POST /v1/mailbox/ack`.
     pub async fn ack(&self, token: &str, up_to: u64) -> Result<(), ClientError> {
-        let _: Value = self
+        let _: AckResponse = self
             .call(
-                reqwest::Method::POST,
-                "/v1/mailbox/ack",
+                paths::ACK,
+                paths::ACK.template,
                 Some(token),
-                Some(json!({"up_to": up_to})),
+                Some(&AckRequest { up_to }),
             )
             .await?;
         Ok(())
@@ -455,12 +386,12 @@ impl Transport {
     pub async fn put_link(&self, slot: &str, payload: Vec<u8>) -> Result<(), ClientError> {
         let resp = self
             .http
-            .put(format!("{}/v1/link/{slot}", self.base))
+            .put(format!("{}{}", self.base, paths::link(slot)))
             .body(payload)
             .send()
             .await
             .map_err(|e| self.network(&e))?;
-        let _: Value = self.answer(resp).await?;
+        let _: IgnoredAny = self.answer(resp).await?;
         Ok(())
     }
 
@@ -468,7 +399,7 @@ impl Transport {
     pub async fn take_link(&self, slot: &str) -> Result<Option<Vec<u8>>, ClientError> {
         let resp = self
             .http
-            .get(format!("{}/v1/link/{slot}", self.base))
+            .get(format!("{}{}", self.base, paths::link(slot)))
             .send()
             .await
             .map_err(|e| self.network(&e))?;
@@ -476,7 +407,7 @@ impl Transport {
             return Ok(None);
         }
         if !resp.status().is_success() {
-            let _: Value = self.answer(resp).await?;
+            let _: IgnoredAny = self.answer(resp).await?;
             return Ok(None);
         }
         let bytes = resp.bytes().await.map_err(|e| self.network(&e))?;
@@ -499,7 +430,11 @@ impl Transport {
             .len();
         let resp = self
             .http
-            .post(format!("{}/v1/attachments", self.base))
+            .post(format!(
+                "{}{}",
+                self.base,
+                paths::UPLOAD_ATTACHMENT.template
+            ))
             .bearer_auth(token)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(reqwest::header::CONTENT_LENGTH, len)
@@ -507,7 +442,7 @@ impl Transport {
             .send()
             .await
             .map_err(|e| self.network(&e))?;
-        let answer: UploadAnswer = self.answer(resp).await?;
+        let answer: UploadAttachmentResponse = self.answer(resp).await?;
         Ok(answer.id)
     }
 
@@ -521,13 +456,13 @@ impl Transport {
         use tokio::io::AsyncWriteExt as _;
         let mut resp = self
             .http
-            .get(format!("{}/v1/attachments/{id}", self.base))
+            .get(format!("{}{}", self.base, paths::attachment(id)))
             .bearer_auth(token)
             .send()
             .await
             .map_err(|e| self.network(&e))?;
         if !resp.status().is_success() {
-            return match self.answer::<Value>(resp).await {
+            return match self.answer::<IgnoredAny>(resp).await {
                 Err(e) => Err(e),
                 Ok(_) => Err(ClientError::Local(
                     "the server answered a download with no body".into(),

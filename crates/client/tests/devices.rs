@@ -110,7 +110,11 @@ async fn a_linked_device_reads_and_sends_then_stops_when_removed() {
     bob.client.send_text("alice", "laptop gone?").await.unwrap();
     assert_eq!(alice.texts().await, pairs(&[("bob", "laptop gone?")]));
     let err = alice2.sync().await.unwrap_err();
-    assert_eq!(err.server_code(), Some("unauthorized"), "{err}");
+    assert_eq!(
+        err.server_code(),
+        Some(sotto_client::ErrorCode::Unauthorized),
+        "{err}"
+    );
     let members = bob.client.members(&conv).await.unwrap();
     let alice_devices = &members
         .iter()

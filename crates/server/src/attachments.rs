@@ -18,11 +18,12 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
-use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody};
+use sotto_api::ErrorBody;
+
+use crate::error::ApiError;
 use crate::extract::{ApiPath, Authed};
 
 /// Where uploads are written before they are complete.
@@ -32,13 +33,6 @@ const TMP_DIR: &str = "tmp";
 const TMP_MAX_AGE: Duration = Duration::from_secs(86_400);
 /// Download chunk size.
 const CHUNK: usize = 64 * 1024;
-
-/// `POST /v1/attachments` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct UploadResponse {
-    id: String,
-    size: u64,
-}
 
 /// A blob id: 128 random bits as 32 lowercase hex digits.
 fn new_id() -> Result<String, ApiError> {
@@ -69,10 +63,10 @@ fn io_error(what: &str, e: &io::Error) -> ApiError {
 /// Streams the body into a new blob. 413 `too_large` past the configured limit
 /// (announced by `Content-Length` or discovered while reading).
 #[utoipa::path(
-    post, path = "/v1/attachments", tag = "attachments", security(("bearer" = [])),
+    post, path = sotto_api::paths::UPLOAD_ATTACHMENT.template, tag = "attachments", security(("bearer" = [])),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The client-encrypted blob, streamed"),
     responses(
-        (status = 201, description = "Durable; its id", body = UploadResponse),
+        (status = 201, description = "Durable; its id", body = sotto_api::UploadAttachmentResponse),
         (status = 401, description = "unauthorized", body = ErrorBody), (status = 413, description = "too_large", body = ErrorBody), (status = 503, description = "attachments_disabled", body = ErrorBody)
     )
 )]
@@ -81,7 +75,7 @@ pub async fn upload(
     _caller: Authed,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
+) -> Result<(StatusCode, Json<sotto_api::UploadAttachmentResponse>), ApiError> {
     let dir = blob_dir(&state)?.to_path_buf();
     let limit = state.config().max_attachment_bytes;
     let announced = headers
@@ -113,7 +107,7 @@ pub async fn upload(
     state.metrics().attachment_uploaded(written);
     Ok((
         StatusCode::CREATED,
-        Json(UploadResponse { id, size: written }),
+        Json(sotto_api::UploadAttachmentResponse { id, size: written }),
     ))
 }
 
@@ -169,7 +163,7 @@ fn expired(uploaded: u64, now: u64, retention_secs: u64) -> bool {
 
 /// `GET /v1/attachments/{id}`: streams the blob.
 #[utoipa::path(
-    get, path = "/v1/attachments/{id}", tag = "attachments", security(("bearer" = [])),
+    get, path = sotto_api::paths::DOWNLOAD_ATTACHMENT.template, tag = "attachments", security(("bearer" = [])),
     params(("id" = String, Path, description = "Blob id, 32 hex digits")),
     responses(
         (status = 200, description = "The blob, streamed", content_type = "application/octet-stream", body = Vec<u8>),

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use sotto_api::{ErrorBody, ErrorCode, ErrorDetail};
 use sotto_server_store::StoreError;
 
 /// Why a request was refused. Every variant maps to one HTTP status and one stable
@@ -81,25 +81,25 @@ impl ApiError {
     }
 
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::BadRequest(_) => "bad_request",
-            Self::Unauthorized => "unauthorized",
-            Self::NotAMember => "not_a_member",
-            Self::Forbidden(_) => "forbidden",
-            Self::NotFound(_) => "not_found",
-            Self::UnknownUser => "unknown_user",
-            Self::UnknownGroup => "unknown_group",
-            Self::UsernameTaken => "username_taken",
-            Self::StaleEpoch { .. } => "stale_epoch",
-            Self::VersionNotIncreasing { .. } => "version_not_increasing",
-            Self::GroupExists => "group_exists",
-            Self::DeviceExists => "device_exists",
-            Self::SlotInUse => "slot_in_use",
-            Self::TooLarge => "too_large",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::AttachmentsDisabled => "attachments_disabled",
-            Self::Internal(_) => "internal",
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::Unauthorized => ErrorCode::Unauthorized,
+            Self::NotAMember => ErrorCode::NotAMember,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::UnknownUser => ErrorCode::UnknownUser,
+            Self::UnknownGroup => ErrorCode::UnknownGroup,
+            Self::UsernameTaken => ErrorCode::UsernameTaken,
+            Self::StaleEpoch { .. } => ErrorCode::StaleEpoch,
+            Self::VersionNotIncreasing { .. } => ErrorCode::VersionNotIncreasing,
+            Self::GroupExists => ErrorCode::GroupExists,
+            Self::DeviceExists => ErrorCode::DeviceExists,
+            Self::SlotInUse => ErrorCode::SlotInUse,
+            Self::TooLarge => ErrorCode::TooLarge,
+            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Self::AttachmentsDisabled => ErrorCode::AttachmentsDisabled,
+            Self::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -131,25 +131,6 @@ impl ApiError {
     }
 }
 
-/// The JSON body of every error answer (documentation type for the OpenAPI schema;
-/// [`ApiError`]'s `IntoResponse` writes exactly this shape).
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    error: ErrorDetail,
-}
-
-/// See [`ErrorBody`].
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `stale_epoch`.
-    code: String,
-    /// Human message: what went wrong and what to do.
-    message: String,
-    /// Only with `stale_epoch`: the group's current epoch.
-    #[schema(nullable = false)]
-    current_epoch: Option<u64>,
-}
-
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code(), self.message())
@@ -163,11 +144,17 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(detail = %detail, "internal error while serving a request");
         }
-        let mut error = json!({ "code": self.code(), "message": self.message() });
-        if let Self::StaleEpoch { current } = &self {
-            error["current_epoch"] = json!(current);
-        }
-        (self.status(), Json(json!({ "error": error }))).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.message(),
+                current_epoch: match self {
+                    Self::StaleEpoch { current } => Some(current),
+                    _ => None,
+                },
+            },
+        };
+        (self.status(), Json(body)).into_response()
     }
 }
 

@@ -326,7 +326,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = sotto_api::paths::HEALTH.template, tag = "operations",
     responses((status = 200, description = "The server is up", content_type = "text/plain", body = String)))]
 async fn health() -> &'static str {
     "ok"

@@ -364,7 +364,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 
 /// `GET /metrics`.
 #[utoipa::path(
-    get, path = "/metrics", tag = "operations",
+    get, path = sotto_api::paths::METRICS.template, tag = "operations",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String))
 )]
 pub async fn export(State(state): State<AppState>) -> Response {

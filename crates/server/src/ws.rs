@@ -13,14 +13,15 @@ use axum::extract::ws::{
 };
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
-use sotto_proto::{ConversationId, DeviceId};
+use sotto_proto::DeviceId;
 use sotto_server_store::StoreError;
 
-use crate::error::{ApiError, ErrorBody};
+use sotto_api::{ClientFrame, ErrorBody, ServerFrame, WsQuery};
+
+use crate::error::ApiError;
 use crate::extract::{ApiQuery, authenticate, bearer_token};
 use crate::handoff::{Ready, continue_from};
-use crate::routes::mailbox::kind_name;
+use crate::routes::mailbox::wire_kind;
 use crate::{AppState, SocketGuard};
 
 /// Close code: the server is going away.
@@ -32,9 +33,9 @@ pub const CLOSE_INVALID: u16 = 1007;
 /// Close code: an internal error.
 pub const CLOSE_INTERNAL: u16 = 1011;
 /// Close code: a newer connection of the same device replaced this one.
-pub const CLOSE_REPLACED: u16 = 4000;
+pub const CLOSE_REPLACED: u16 = sotto_api::close::REPLACED;
 /// Close code: the device was removed from its account.
-pub const CLOSE_DEVICE_REMOVED: u16 = 4001;
+pub const CLOSE_DEVICE_REMOVED: u16 = sotto_api::close::DEVICE_REMOVED;
 
 /// How many entries one store read sends at most.
 const PAGE: u32 = 100;
@@ -46,38 +47,9 @@ const WS_BUFFER: usize = 4 * 1024;
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
 const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `GET /v1/ws` query.
-#[derive(Deserialize)]
-pub struct WsQuery {
-    #[serde(default)]
-    after: u64,
-    token: Option<String>,
-}
-
-/// A frame the server sends.
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ServerFrame<'a> {
-    Entry {
-        seq: u64,
-        kind: &'static str,
-        group: ConversationId,
-        /// Base64.
-        body: &'a str,
-        received_at: u64,
-    },
-}
-
-/// A frame the client sends.
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ClientFrame {
-    Ack { up_to: u64 },
-}
-
 /// Authenticates (header, or `?token=` for browsers) and upgrades.
 #[utoipa::path(
-    get, path = "/v1/ws", tag = "mailbox", security(("bearer" = [])),
+    get, path = sotto_api::paths::WEBSOCKET.template, tag = "mailbox", security(("bearer" = [])),
     params(
         ("after" = Option<u64>, Query, description = "Resume after this seq (the last acked)"),
         ("token" = Option<String>, Query, description = "The device token, for clients that cannot set headers")
@@ -177,9 +149,9 @@ async fn serve(
                 let body = sotto_proto::b64::encode(&entry.body);
                 let frame = ServerFrame::Entry {
                     seq: entry.seq,
-                    kind: kind_name(entry.kind),
+                    kind: wire_kind(entry.kind),
                     group: entry.group,
-                    body: &body,
+                    body: std::borrow::Cow::Borrowed(&body),
                     received_at: entry.received_at,
                 };
                 if send_entry(&mut socket, &state, &frame).await.is_err() {
@@ -314,9 +286,9 @@ async fn shut_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
 fn entry_frame(e: &Ready) -> ServerFrame<'_> {
     ServerFrame::Entry {
         seq: e.seq,
-        kind: kind_name(e.kind),
+        kind: wire_kind(e.kind),
         group: e.group,
-        body: &e.body_b64,
+        body: std::borrow::Cow::Borrowed(&e.body_b64),
         received_at: e.received_at,
     }
 }

@@ -187,3 +187,83 @@ async fn request_schemas_name_the_fields_the_server_reads() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn the_endpoints_are_the_contract_crates() {
+    // The list above (docs/protocol.md's) is exactly sotto-api's, but for the document
+    // itself.
+    let mut contract: Vec<(String, String)> = sotto_api::paths::ALL
+        .iter()
+        .filter(|e| **e != sotto_api::paths::OPENAPI)
+        .map(|e| (e.method.as_str().to_lowercase(), e.template.to_owned()))
+        .collect();
+    let mut listed: Vec<(String, String)> = ENDPOINTS
+        .iter()
+        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    contract.sort();
+    listed.sort();
+    assert_eq!(contract, listed);
+}
+
+#[tokio::test]
+async fn every_body_taking_operation_documents_too_large_and_ids_have_patterns() {
+    let h = Harness::new();
+    let doc = document(&h).await;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op.get("requestBody").is_some() {
+                assert!(
+                    op["responses"]["413"].is_object(),
+                    "{method} {path} takes a body but does not document 413"
+                );
+            }
+        }
+    }
+    let schema = |name: &str, field: &str| {
+        doc["components"]["schemas"][name]["properties"][field]["pattern"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}.{field} has no pattern"))
+            .to_owned()
+    };
+    assert_eq!(
+        schema("RegisterRequest", "username"),
+        sotto_api::USERNAME_PATTERN
+    );
+    assert_eq!(
+        schema("CreateGroupRequest", "group_id"),
+        sotto_api::ID_PATTERN
+    );
+    assert_eq!(
+        schema("MessageRequest", "message_id"),
+        sotto_api::MESSAGE_ID_PATTERN
+    );
+}
+
+/// Fuzzing showed `POST /v1/groups` with `["<id>"]` created a group: serde reads a
+/// struct from an array too. Every JSON body must be an object.
+#[tokio::test]
+async fn a_body_that_is_not_an_object_is_refused() {
+    let h = Harness::new();
+    let alice = h.register("alice", 1, 1).await;
+    let id = "00112233445566778899aabbccddeeff";
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(&alice.token),
+            Some(serde_json::json!([id])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (status, _) = h
+        .call(
+            Method::GET,
+            &format!("/v1/groups/{id}"),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no group was created");
+}

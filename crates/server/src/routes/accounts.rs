@@ -6,33 +6,17 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
-use sotto_proto::{CertError, DeviceId, DeviceList, IdentityPublicKey, Username};
+use sotto_api::{
+    AccountResponse, B64, ErrorBody, PublishRequest, PublishResponse, RegisterRequest,
+    RegisterResponse, paths,
+};
+use sotto_proto::{CertError, DeviceId, Username};
 use sotto_server_store::{NewAccount, NewDevice, StoreError};
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, Authed, B64, new_token};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, Authed, new_token};
 use crate::fanout::Wake;
-
-/// `POST /v1/accounts` body.
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct RegisterRequest {
-    #[schema(value_type = String)]
-    username: Username,
-    #[schema(value_type = String)]
-    device_list: DeviceList,
-}
-
-/// `POST /v1/accounts` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct RegisterResponse {
-    #[schema(value_type = String)]
-    username: Username,
-    #[schema(value_type = String)]
-    device_id: DeviceId,
-    token: String,
-}
 
 fn cert_error(e: CertError) -> ApiError {
     match e {
@@ -45,7 +29,7 @@ fn cert_error(e: CertError) -> ApiError {
 
 /// Registers an account with its first device and returns that device's token.
 #[utoipa::path(
-    post, path = "/v1/accounts", tag = "accounts",
+    post, path = paths::REGISTER.template, tag = "accounts",
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Registered; the token is shown only now", body = RegisterResponse),
@@ -101,20 +85,9 @@ pub async fn register(
     ))
 }
 
-/// `GET /v1/accounts/{username}` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct AccountResponse {
-    #[schema(value_type = String)]
-    username: Username,
-    #[schema(value_type = String)]
-    identity_key: IdentityPublicKey,
-    #[schema(value_type = String)]
-    device_list: B64,
-}
-
 /// The directory entry of an account: its identity key and signed device list.
 #[utoipa::path(
-    get, path = "/v1/accounts/{username}", tag = "accounts", security(("bearer" = [])),
+    get, path = paths::ACCOUNT.template, tag = "accounts", security(("bearer" = [])),
     params(("username" = String, Path, description = "The account name")),
     responses(
         (status = 200, description = "Identity key and signed device list", body = AccountResponse),
@@ -138,34 +111,14 @@ pub async fn lookup(
     }))
 }
 
-/// `PUT /v1/devices` body.
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct PublishRequest {
-    #[schema(value_type = String)]
-    device_list: DeviceList,
-}
-
-/// `PUT /v1/devices` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct PublishResponse {
-    version: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    new_device_id: Option<DeviceId>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    new_device_token: Option<String>,
-    #[schema(value_type = Vec<String>)]
-    removed: Vec<DeviceId>,
-}
-
 /// Publishes a new signed device list: registers at most one new device (returning its
 /// token) and removes registered devices the list no longer names.
 #[utoipa::path(
-    put, path = "/v1/devices", tag = "accounts", security(("bearer" = [])),
+    put, path = paths::PUBLISH_DEVICES.template, tag = "accounts", security(("bearer" = [])),
     request_body = PublishRequest,
     responses(
         (status = 200, description = "Published; a new device gets its token here, removed devices lose theirs", body = PublishResponse),
-        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "forbidden", body = ErrorBody), (status = 409, description = "version_not_increasing or device_exists", body = ErrorBody)
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "forbidden", body = ErrorBody), (status = 409, description = "version_not_increasing or device_exists", body = ErrorBody), (status = 413, description = "too_large", body = ErrorBody)
     )
 )]
 pub async fn publish_devices(

@@ -7,46 +7,34 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
+use sotto_api::{
+    CommitRequest, CommitResponse, CreateGroupRequest, CreateGroupResponse, ErrorBody,
+    GroupResponse, MessageRequest, MessageResponse, paths,
+};
 use sotto_proto::framing::{ContentType, MlsFraming, WireFormat, parse_group_message, wire_format};
-use sotto_proto::{ConversationId, DeviceId, MessageId};
+use sotto_proto::{ConversationId, DeviceId};
 use sotto_server_store::{Accepted, CommitSubmission, EntryKind, MessageSubmission};
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, Authed, B64};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, Authed};
 use crate::fanout::Wake;
 use crate::handoff::Ready;
 use crate::metrics::WriteKind;
 
-/// `POST /v1/groups` body.
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct CreateRequest {
-    #[schema(value_type = String)]
-    group_id: ConversationId,
-}
-
-/// `POST /v1/groups` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct CreateResponse {
-    #[schema(value_type = String)]
-    group_id: ConversationId,
-    epoch: u64,
-}
-
 /// Creates a group whose only member is the caller's device, at epoch 0.
 #[utoipa::path(
-    post, path = "/v1/groups", tag = "groups", security(("bearer" = [])),
-    request_body = CreateRequest,
+    post, path = paths::CREATE_GROUP.template, tag = "groups", security(("bearer" = [])),
+    request_body = CreateGroupRequest,
     responses(
-        (status = 201, description = "Created at epoch 0 with the caller's device", body = CreateResponse),
-        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 409, description = "group_exists", body = ErrorBody)
+        (status = 201, description = "Created at epoch 0 with the caller's device", body = CreateGroupResponse),
+        (status = 400, description = "bad_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 409, description = "group_exists", body = ErrorBody), (status = 413, description = "too_large", body = ErrorBody)
     )
 )]
 pub async fn create(
     State(state): State<AppState>,
     caller: Authed,
-    ApiJson(req): ApiJson<CreateRequest>,
+    ApiJson(req): ApiJson<CreateGroupRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     state
         .store()
@@ -54,24 +42,16 @@ pub async fn create(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(CreateResponse {
+        Json(CreateGroupResponse {
             group_id: req.group_id,
             epoch: 0,
         }),
     ))
 }
 
-/// `GET /v1/groups/{id}` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct GroupResponse {
-    epoch: u64,
-    #[schema(value_type = Vec<String>)]
-    members: Vec<DeviceId>,
-}
-
 /// The group's epoch and member devices (members only).
 #[utoipa::path(
-    get, path = "/v1/groups/{id}", tag = "groups", security(("bearer" = [])),
+    get, path = paths::GROUP.template, tag = "groups", security(("bearer" = [])),
     params(("id" = String, Path, description = "Group id, 32 hex digits")),
     responses(
         (status = 200, description = "Epoch and member devices", body = GroupResponse),
@@ -124,32 +104,9 @@ async fn notify_delivered(state: &AppState, accepted: &Accepted) {
     state.fanout().notify_many(&wakes).await;
 }
 
-/// `POST /v1/groups/{id}/commits` body.
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct CommitRequest {
-    epoch: u64,
-    #[serde(default)]
-    #[schema(value_type = Vec<String>)]
-    added: Vec<DeviceId>,
-    #[serde(default)]
-    #[schema(value_type = Vec<String>)]
-    removed: Vec<DeviceId>,
-    #[schema(value_type = String)]
-    commit: B64,
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    welcome: Option<B64>,
-}
-
-/// `POST /v1/groups/{id}/commits` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct CommitResponse {
-    epoch: u64,
-}
-
 /// Orders a commit: accepted only for the group's current epoch, once.
 #[utoipa::path(
-    post, path = "/v1/groups/{id}/commits", tag = "groups", security(("bearer" = [])),
+    post, path = paths::COMMIT.template, tag = "groups", security(("bearer" = [])),
     params(("id" = String, Path, description = "Group id, 32 hex digits")),
     request_body = CommitRequest,
     responses(
@@ -216,24 +173,9 @@ pub async fn commit(
     }))
 }
 
-/// `POST /v1/groups/{id}/messages` body.
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct MessageRequest {
-    #[schema(value_type = String)]
-    message_id: MessageId,
-    #[schema(value_type = String)]
-    body: B64,
-}
-
-/// `POST /v1/groups/{id}/messages` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct MessageResponse {
-    duplicate: bool,
-}
-
 /// Delivers an application message to every other member device.
 #[utoipa::path(
-    post, path = "/v1/groups/{id}/messages", tag = "groups", security(("bearer" = [])),
+    post, path = paths::MESSAGE.template, tag = "groups", security(("bearer" = [])),
     params(("id" = String, Path, description = "Group id, 32 hex digits")),
     request_body = MessageRequest,
     responses(

@@ -5,7 +5,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody};
+use sotto_api::ErrorBody;
+
+use crate::error::ApiError;
 use crate::extract::{ApiPath, body_bytes};
 
 /// Parses a slot id: exactly 32 hex characters.
@@ -25,7 +27,7 @@ fn slot_id(text: &str) -> Result<[u8; 16], ApiError> {
 
 /// Stores a payload in a free slot until the slot's TTL.
 #[utoipa::path(
-    put, path = "/v1/link/{slot}", tag = "link",
+    put, path = sotto_api::paths::PUT_LINK.template, tag = "link",
     params(("slot" = String, Path, description = "Slot id, 32 hex digits")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "Opaque (client-encrypted) payload"),
     responses(
@@ -59,7 +61,7 @@ pub async fn put_slot(
 
 /// Takes a slot's payload (once).
 #[utoipa::path(
-    get, path = "/v1/link/{slot}", tag = "link",
+    get, path = sotto_api::paths::TAKE_LINK.template, tag = "link",
     params(("slot" = String, Path, description = "Slot id, 32 hex digits")),
     responses(
         (status = 200, description = "The payload; the slot is deleted", content_type = "application/octet-stream", body = Vec<u8>),
