@@ -46,7 +46,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use sotto_proto::DeviceId;
-use sotto_server::{Fanout, FanoutSubscription, Wake, WakeMark};
+use sotto_server_fanout::{Fanout, FanoutSubscription, Wake, WakeMark};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 

@@ -13,9 +13,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sotto_fanout_nats::{NatsFanout, Timing};
 use sotto_proto::DeviceId;
-use sotto_server::{Fanout, FanoutSubscription, Wake};
+use sotto_server_fanout::{Fanout, FanoutSubscription, Wake};
+use sotto_server_fanout_nats::{NatsFanout, Timing};
 use sotto_server_store::suite::service_missing;
 use sotto_testkit::proxy::Proxy;
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use sotto_server_store::suite::{T0, dev, gid, msg_id, register, service_missing};
 use sotto_server_store::{CommitSubmission, MessageSubmission, Store, StoreError};
-use sotto_store_postgres::{PostgresOptions, PostgresStore};
+use sotto_server_store_postgres::{PostgresOptions, PostgresStore};
 
 fn database_url() -> String {
     std::env::var("SOTTO_TEST_DATABASE_URL")

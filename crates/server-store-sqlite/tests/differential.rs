@@ -8,7 +8,7 @@
 use proptest::prelude::*;
 use sotto_server_store::suite::{T0, dev, gid, msg_id, register, user};
 use sotto_server_store::{CommitSubmission, MemoryStore, MessageSubmission, Store};
-use sotto_store_sqlite::SqliteStore;
+use sotto_server_store_sqlite::SqliteStore;
 
 const DEVICES: u8 = 6;
 

@@ -5,7 +5,7 @@
 
 use sotto_server_store::suite::{T0, dev, gid, msg_id, register, token, user};
 use sotto_server_store::{MessageSubmission, Store};
-use sotto_store_sqlite::SqliteStore;
+use sotto_server_store_sqlite::SqliteStore;
 use tempfile::TempDir;
 
 fn fresh() -> (SqliteStore, TempDir) {

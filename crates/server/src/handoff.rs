@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use sotto_proto::ConversationId;
 use sotto_server_store::EntryKind;
 
-use crate::fanout::Wake;
+use sotto_server_fanout::Wake;
 
 /// Most base64 body bytes waiting in one socket's queue; entries beyond are dropped
 /// (the socket reads them from the store), so a slow socket holds little memory.

@@ -4,7 +4,7 @@
 //! The server is a directory (accounts, device lists, KeyPackages) and a delivery
 //! service (one commit per group epoch, per-device mailboxes, push). It stores and
 //! orders MLS ciphertext and never sees plaintext or keys. The binary
-//! (`apps/sotto-server`) builds an [`AppState`], calls [`run`] and spawns
+//! (`apps/sotto-server-bin`) builds an [`AppState`], calls [`run`] and spawns
 //! [`expire_loop`]; tests call [`app`] directly or [`run`] on port 0.
 //!
 //! The wire protocol is described in `docs/protocol.md`.
@@ -12,7 +12,6 @@
 mod attachments;
 mod error;
 mod extract;
-mod fanout;
 mod handoff;
 mod metrics;
 mod routes;
@@ -38,8 +37,10 @@ use utoipa_axum::routes;
 use crate::handoff::{Handoff, Ready};
 
 pub use error::ApiError;
-pub use fanout::{Fanout, FanoutSubscription, InProcessFanout, Superseded, Wake, WakeMark};
 pub use metrics::Metrics;
+pub use sotto_server_fanout::{
+    Fanout, FanoutSubscription, InProcessFanout, Superseded, Wake, WakeMark,
+};
 
 /// Tunables of the delivery service.
 #[derive(Debug, Clone, PartialEq, Eq)]

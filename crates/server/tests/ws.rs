@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sotto_proto::{ConversationId, DeviceId};
 use sotto_server::{AppState, Fanout, InProcessFanout, ServerConfig, SystemClock, Wake, run};
 use sotto_server_store::{MemoryStore, MessageSubmission, Store};
-use sotto_store_sqlite::SqliteStore;
+use sotto_server_store_sqlite::SqliteStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;

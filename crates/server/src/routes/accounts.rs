@@ -16,7 +16,7 @@ use sotto_server_store::{NewAccount, NewDevice, StoreError};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Authed, new_token};
-use crate::fanout::Wake;
+use sotto_server_fanout::Wake;
 
 fn cert_error(e: CertError) -> ApiError {
     match e {

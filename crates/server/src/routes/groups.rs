@@ -18,9 +18,9 @@ use sotto_server_store::{Accepted, CommitSubmission, EntryKind, MessageSubmissio
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Authed};
-use crate::fanout::Wake;
 use crate::handoff::Ready;
 use crate::metrics::WriteKind;
+use sotto_server_fanout::Wake;
 
 /// Creates a group whose only member is the caller's device, at epoch 0.
 #[utoipa::path(

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sotto_proto::{ConversationId, DeviceId};
 use sotto_server::{AppState, InProcessFanout, ManualClock, ServerConfig, app};
 use sotto_server_store::{MemoryStore, Store};
-use sotto_store_sqlite::SqliteStore;
+use sotto_server_store_sqlite::SqliteStore;
 use tower::ServiceExt;
 
 use super::{Identity, app_bytes, b64, commit_bytes, dev, message_id, welcome_bytes};

@@ -142,7 +142,7 @@ impl fmt::Debug for FanoutBackend {
             // The URL may carry credentials: show it without them.
             Self::Nats { url, prefix } => f
                 .debug_struct("Nats")
-                .field("url", &sotto_fanout_nats::without_credentials(url))
+                .field("url", &sotto_server_fanout_nats::without_credentials(url))
                 .field("prefix", prefix)
                 .finish(),
         }
@@ -441,7 +441,7 @@ fn fanout_backend(
                     }
                     .into(),
                     origin,
-                    value: sotto_fanout_nats::without_credentials(&url),
+                    value: sotto_server_fanout_nats::without_credentials(&url),
                     expected: "a URL like nats://127.0.0.1:4222",
                 });
             }

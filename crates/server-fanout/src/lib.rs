@@ -1,7 +1,11 @@
-//! Wake-ups for connected devices. A fan-out carries no payloads: it says whose
+//! The `Fanout` contract: wake-ups for connected devices, beside the `Store` contract
+//! (`sotto-server-store`), so that fan-out implementations (`sotto-server-fanout-nats`)
+//! depend on this and the protocol types only, not on the HTTP server.
+//!
+//! A fan-out carries no payloads: it says whose
 //! mailbox changed and up to which seq, and the woken WebSocket reads what it has not
 //! sent from the store (or takes it from the request on the same node that stored it,
-//! see `AppState::hand_off`). A lost or duplicated wake-up costs at most one extra
+//! see `sotto_server::AppState::hand_off`). A lost or duplicated wake-up costs at most one extra
 //! read, never a message.
 
 use std::collections::HashMap;

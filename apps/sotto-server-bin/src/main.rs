@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use config::{Config, FanoutBackend, Flags, LogFormat, StoreBackend};
-use sotto_fanout_nats::NatsFanout;
 use sotto_server::{AppState, Fanout, InProcessFanout, ServerConfig, SystemClock};
+use sotto_server_fanout_nats::NatsFanout;
 use sotto_server_store::Store;
-use sotto_store_postgres::{PostgresOptions, PostgresStore};
-use sotto_store_sqlite::SqliteStore;
+use sotto_server_store_postgres::{PostgresOptions, PostgresStore};
+use sotto_server_store_sqlite::SqliteStore;
 
 /// Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad configuration.
 #[derive(Parser, Debug)]
