@@ -15,7 +15,8 @@ const EXIT_CODES: &str = "Exit codes:
   2  bad usage (unknown command, missing or invalid argument)
   3  not found (unknown user, conversation or message)
   4  safety number mismatch (`verify`)
-  5  refused for security (identity key changed, uncertified device)";
+  5  refused for security (identity key changed, uncertified device)
+  6  busy: the conversation kept changing while retrying; nothing was changed, try again";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -216,7 +217,8 @@ impl From<ClientError> for Failure {
             | ClientError::NotRegistered
             | ClientError::AlreadyRegistered(_) => 2,
             ClientError::UnknownUser(_) | ClientError::UnknownConversation(_) => 3,
-            ClientError::Refused(_) | ClientError::IdentityChanged(_) => 5,
+            ClientError::Refused(_) => 5,
+            ClientError::Contention { .. } => 6,
             _ => 1,
         };
         Self {

@@ -547,3 +547,24 @@ fn talks_to_an_https_server_when_told_to_trust_its_certificate() {
         "{missing}"
     );
 }
+
+/// A send that keeps losing the conversation's epoch exits 6 ("busy, try again"), not
+/// 2 ("bad usage"), with one line that says to try again.
+#[test]
+fn a_conversation_that_keeps_changing_exits_6() {
+    let (server, lying) = TestServer::start_lying().unwrap();
+    let alice = Profile::new(&server, "alice");
+    let bob = Profile::new(&server, "bob");
+    alice.ok(&["register", "alice"]);
+    bob.ok(&["register", "bob"]);
+    alice.ok(&["send", "bob", "first"]);
+    lying.refuse_messages_as_stale(true);
+    let stderr = alice.fails(&["send", "bob", "second"], 6);
+    assert!(stderr.contains("try again"), "{stderr}");
+    let help = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("  6  busy"), "{help}");
+}

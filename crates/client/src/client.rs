@@ -585,9 +585,9 @@ impl Client {
                 return Ok(());
             }
         }
-        Err(ClientError::Usage(
-            "the group kept changing while adding members; try again".into(),
-        ))
+        Err(ClientError::Contention {
+            operation: "adding members",
+        })
     }
 
     /// Sends a staged commit. `Ok(true)` when accepted and applied; `Ok(false)` when
@@ -650,9 +650,9 @@ impl Client {
                 return Ok(());
             }
         }
-        Err(ClientError::Usage(
-            "the group kept changing while removing members; try again".into(),
-        ))
+        Err(ClientError::Contention {
+            operation: "removing members",
+        })
     }
 
     /// Leaves a conversation: proposes the removal of every device of this account
@@ -1027,9 +1027,9 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Usage(
-            "the conversation kept changing while sending; try again".into(),
-        ))
+        Err(ClientError::Contention {
+            operation: "sending",
+        })
     }
 
     // ----- receiving -----

@@ -47,11 +47,19 @@ pub enum ClientError {
     /// A contact's keys were refused (ghost device, key substitution, rollback).
     #[error("refused for security: {0}")]
     Refused(#[from] Refusal),
-    /// A contact's identity key changed since it was pinned.
-    #[error(
-        "{0}'s identity key changed since you last talked: compare safety numbers, then run `sotto trust {0}` to accept the new key"
-    )]
-    IdentityChanged(String),
+    /// Other members' commits kept winning the conversation's epoch while this
+    /// operation retried (a busy group): nothing was changed; try again.
+    #[error("the conversation kept changing while {operation}; nothing was changed, try again")]
+    Contention {
+        /// What was being done ("sending", "adding members", ...).
+        operation: &'static str,
+    },
+    /// Another connection of this device took over its real-time delivery.
+    #[error("another connection of this device took over; only one may listen at a time")]
+    Replaced,
+    /// This device was removed from its account (by another of the account's devices).
+    #[error("this device was removed from its account; it can no longer send or receive")]
+    DeviceRemoved,
     /// The MLS engine refused or failed.
     #[error("encryption engine: {0}")]
     Engine(#[from] ConversationError),

@@ -157,12 +157,8 @@ impl Client {
                 Ok(Message::Text(t)) => t,
                 Ok(Message::Close(frame)) => {
                     return match frame.map(|f| u16::from(f.code)) {
-                        Some(CLOSE_REPLACED) => Ended::Fatal(ClientError::Usage(
-                            "another connection of this device took over; only one may listen at a time".into(),
-                        )),
-                        Some(CLOSE_DEVICE_REMOVED) => Ended::Fatal(ClientError::Usage(
-                            "this device was removed from its account".into(),
-                        )),
+                        Some(CLOSE_REPLACED) => Ended::Fatal(ClientError::Replaced),
+                        Some(CLOSE_DEVICE_REMOVED) => Ended::Fatal(ClientError::DeviceRemoved),
                         _ => Ended::Retry,
                     };
                 }

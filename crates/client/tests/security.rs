@@ -239,3 +239,28 @@ async fn the_profile_holding_private_keys_is_private_to_its_owner() {
     assert_eq!(mode(home.path()), 0o700);
     assert_eq!(mode(&home.path().join("profile.db")), 0o600);
 }
+
+/// A conversation whose epoch keeps moving under the sender (here: a server that
+/// refuses every message as stale) ends in a distinct, retryable error, not in "bad
+/// usage"; once the conversation settles, sending works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_that_keeps_changing_is_contention_not_bad_usage() {
+    let (server, lying) = TestServer::start_lying().unwrap();
+    let (alice, _a) = user(&server, "alice").await;
+    let (_bob, _b) = user(&server, "bob").await;
+    alice.send_text("bob", "first").await.unwrap();
+    lying.refuse_messages_as_stale(true);
+    let err = alice.send_text("bob", "second").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Contention {
+                operation: "sending"
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("try again"), "{err}");
+    lying.refuse_messages_as_stale(false);
+    alice.send_text("bob", "third").await.unwrap();
+}

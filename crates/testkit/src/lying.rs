@@ -20,6 +20,7 @@ pub struct LyingStore {
     inner: Arc<dyn Store>,
     accounts: Mutex<HashMap<Username, Account>>,
     key_packages: Mutex<HashMap<Username, Claimed>>,
+    stale_messages: std::sync::atomic::AtomicBool,
 }
 
 impl LyingStore {
@@ -29,6 +30,7 @@ impl LyingStore {
             inner,
             accounts: Mutex::new(HashMap::new()),
             key_packages: Mutex::new(HashMap::new()),
+            stale_messages: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -48,6 +50,13 @@ impl LyingStore {
         if let Ok(mut lies) = self.key_packages.lock() {
             lies.insert(username.clone(), key_packages);
         }
+    }
+
+    /// From now on (while `on`), every application message is refused as sent in a
+    /// stale epoch, as in a group whose other members keep committing.
+    pub fn refuse_messages_as_stale(&self, on: bool) {
+        self.stale_messages
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The real store.
@@ -144,6 +153,14 @@ impl Store for LyingStore {
         message: MessageSubmission,
         now: u64,
     ) -> Result<Accepted, StoreError> {
+        if self
+            .stale_messages
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::StaleEpoch {
+                current: message.epoch + 1,
+            });
+        }
         self.inner.submit_message(message, now).await
     }
     async fn fetch(
