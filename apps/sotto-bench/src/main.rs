@@ -32,6 +32,7 @@ use sotto_proto::{
     CertificateFields, ConversationId, DeviceCertificate, DeviceId, DeviceList, DeviceListFields,
     IdentityPublicKey, MessageId, Username,
 };
+use sotto_testkit::framing::{HEADER_LEN as HEADER, application, commit as commit_bytes, welcome};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
@@ -333,20 +334,6 @@ async fn register_many(
     Ok(all.into_iter().map(|(_, a)| a).collect())
 }
 
-/// MLS PrivateMessage framing (what the server reads): group, epoch, content type
-/// (1 application, 3 commit), empty authenticated data, then opaque bytes.
-fn private_message(group: ConversationId, epoch: u64, content_type: u8, tail: &[u8]) -> Vec<u8> {
-    let mut m = vec![0, 1, 0, 2, 16];
-    m.extend_from_slice(group.as_bytes());
-    m.extend_from_slice(&epoch.to_be_bytes());
-    m.push(content_type);
-    m.push(0);
-    m.extend_from_slice(tail);
-    m
-}
-
-const HEADER: usize = 31;
-
 /// Creates a group owned by `owner` and adds `members` in one commit (epoch 0 → 1).
 async fn make_group(http: &mut Http, owner: &Account, members: &[DeviceId]) -> Res<ConversationId> {
     let group = ConversationId::from_bytes(random::<16>());
@@ -361,14 +348,12 @@ async fn make_group(http: &mut Http, owner: &Account, members: &[DeviceId]) -> R
     if status != 201 {
         return Err(format!("creating a group: HTTP {status} {body}"));
     }
-    let mut welcome = vec![0, 1, 0, 3];
-    welcome.extend_from_slice(&[0x5a; 64]);
     let commit = CommitRequest {
         epoch: 0,
         added: members.to_vec(),
         removed: Vec::new(),
-        commit: B64(private_message(group, 0, 3, &[0xc0; 64])),
-        welcome: Some(B64(welcome)),
+        commit: B64(commit_bytes(group, 0, &[0xc0; 64])),
+        welcome: Some(B64(welcome(&[0x5a; 64]))),
     };
     let (status, body) = http
         .request(
@@ -439,7 +424,7 @@ fn ack(seq: u64) -> Message {
 fn message(group: ConversationId, n: u64, tail: &[u8]) -> MessageRequest {
     MessageRequest {
         message_id: MessageId::new_v7(1_700_000_000_000 + n, &random::<10>()),
-        body: B64(private_message(group, 1, 1, tail)),
+        body: B64(application(group, 1, tail)),
     }
 }
 

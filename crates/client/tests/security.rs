@@ -187,11 +187,7 @@ async fn an_unreadable_entry_is_recorded_and_does_not_wedge_the_queue() {
     // A well-framed PrivateMessage for the right group and epoch whose ciphertext is
     // noise, stored as if alice's device had sent it.
     let epoch = 1;
-    let mut body = vec![0, 1, 0, 2, 16];
-    body.extend_from_slice(sent.conversation.as_bytes());
-    body.extend_from_slice(&u64::to_be_bytes(epoch));
-    body.extend_from_slice(&[1, 0]);
-    body.extend_from_slice(&[0x5a; 120]);
+    let body = sotto_testkit::framing::application(sent.conversation, epoch, &[0x5a; 120]);
     let accepted = server
         .state()
         .store()

@@ -173,22 +173,7 @@ pub fn register(addr: &str, username: &str, seed: u8) -> TestAccount {
     }
 }
 
-/// MLS PrivateMessage framing (group, epoch, content type) plus an opaque tail: the
-/// server reads only the framing.
-pub fn private_message(
-    group: ConversationId,
-    epoch: u64,
-    content_type: u8,
-    tail: &[u8],
-) -> Vec<u8> {
-    let mut m = vec![0, 1, 0, 2, 16];
-    m.extend_from_slice(group.as_bytes());
-    m.extend_from_slice(&epoch.to_be_bytes());
-    m.push(content_type);
-    m.push(0);
-    m.extend_from_slice(tail);
-    m
-}
+pub use sotto_testkit::framing::private_message;
 
 /// `owner` creates `group` and adds `member` (epoch 0 → 1).
 pub fn group_of_two(addr: &str, owner: &TestAccount, member: &TestAccount, group: ConversationId) {
@@ -201,8 +186,7 @@ pub fn group_of_two(addr: &str, owner: &TestAccount, member: &TestAccount, group
     )
     .unwrap();
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-    let mut welcome = vec![0, 1, 0, 3];
-    welcome.extend_from_slice(b"welcome");
+    let welcome = sotto_testkit::framing::welcome(b"welcome");
     let commit = json!({
         "epoch": 0,
         "added": [member.device],

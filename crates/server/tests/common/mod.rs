@@ -86,36 +86,16 @@ pub fn group(n: u8) -> ConversationId {
     ConversationId::from_bytes([n; 16])
 }
 
-/// A PrivateMessage framing: group, epoch, content type (1 application, 3 commit),
-/// no authenticated data, then an arbitrary tail standing in for the ciphertext.
-pub fn private_message(
-    group: ConversationId,
-    epoch: u64,
-    content_type: u8,
-    tail: &[u8],
-) -> Vec<u8> {
-    let mut m = vec![0, 1, 0, 2, 16];
-    m.extend_from_slice(group.as_bytes());
-    m.extend_from_slice(&epoch.to_be_bytes());
-    m.push(content_type);
-    m.push(0);
-    m.extend_from_slice(tail);
-    m
-}
-
 pub fn commit_bytes(group: ConversationId, epoch: u64) -> Vec<u8> {
-    private_message(group, epoch, 3, b"commit-ciphertext")
+    sotto_testkit::framing::commit(group, epoch, b"commit-ciphertext")
 }
 
 pub fn app_bytes(group: ConversationId, epoch: u64, tail: &[u8]) -> Vec<u8> {
-    private_message(group, epoch, 1, tail)
+    sotto_testkit::framing::application(group, epoch, tail)
 }
 
-/// An MLS Welcome header followed by arbitrary bytes.
 pub fn welcome_bytes() -> Vec<u8> {
-    let mut w = vec![0, 1, 0, 3];
-    w.extend_from_slice(b"welcome-ciphertext");
-    w
+    sotto_testkit::framing::welcome(b"welcome-ciphertext")
 }
 
 pub fn b64(bytes: &[u8]) -> String {
