@@ -276,6 +276,7 @@ impl Client {
     // ----- account -----
 
     /// Creates the account and this device on the server, and uploads KeyPackages.
+    #[tracing::instrument(name = "register", skip_all)]
     pub async fn register(&self, username: &str) -> Result<WhoAmI, ClientError> {
         let username = Username::parse(username)
             .map_err(|e| ClientError::Usage(format!("invalid username: {e}")))?;
@@ -386,6 +387,7 @@ impl Client {
 
     /// Creates a group conversation with these members (and all of their devices and
     /// this account's other devices).
+    #[tracing::instrument(name = "create_group", skip_all)]
     pub async fn create_group(
         &self,
         name: &str,
@@ -466,6 +468,7 @@ impl Client {
 
     /// Adds users (all their devices; for this account, its other devices) to a
     /// conversation, retrying on `stale_epoch`.
+    #[tracing::instrument(name = "add_members", skip_all)]
     pub async fn add_members(
         &self,
         conversation: &str,
@@ -593,6 +596,7 @@ impl Client {
     /// Sends a staged commit. `Ok(true)` when accepted and applied; `Ok(false)` when
     /// another commit won the epoch (the staged one is dropped and pending entries are
     /// applied, so the caller rebuilds and retries).
+    #[tracing::instrument(name = "commit", skip_all, fields(conversation = %id))]
     pub(crate) async fn submit_commit(
         &self,
         account: &Account,
@@ -627,6 +631,7 @@ impl Client {
     }
 
     /// Removes users (all their devices) from a conversation.
+    #[tracing::instrument(name = "remove_members", skip_all)]
     pub async fn remove_members(
         &self,
         conversation: &str,
@@ -973,6 +978,7 @@ impl Client {
 
     /// Encrypts and sends one envelope, storing its effect locally first. The send is
     /// retried with the same message id on a stale epoch (after catching up).
+    #[tracing::instrument(name = "send", skip_all, fields(conversation = %id))]
     async fn send_content(
         &self,
         id: ConversationId,
@@ -1036,6 +1042,7 @@ impl Client {
 
     /// Fetches and processes everything pending, acks it, and returns the events not
     /// yet reported (including those of entries processed while sending).
+    #[tracing::instrument(name = "sync", skip_all)]
     pub async fn sync(&self) -> Result<Vec<Event>, ClientError> {
         self.catch_up().await?;
         self.commit_pending_proposals().await?;
@@ -1058,6 +1065,7 @@ impl Client {
 
     /// Fetches and processes everything pending and acks it; the events stay queued
     /// for the next [`Client::sync`].
+    #[tracing::instrument(name = "catch_up", skip_all)]
     pub(crate) async fn catch_up(&self) -> Result<(), ClientError> {
         let account = self.account()?;
         let mut joined = false;

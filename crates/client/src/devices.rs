@@ -45,6 +45,7 @@ impl Client {
     /// On a new device with an empty profile: makes a link code, hands it to
     /// `show_code` (print it or render a QR code), then waits until an existing
     /// device of the account approves it, and becomes that account's new device.
+    #[tracing::instrument(name = "link_start", skip_all)]
     pub async fn link_start(&self, show_code: impl FnOnce(&str)) -> Result<WhoAmI, ClientError> {
         if let Some(a) = self.read(|tx| tx.account())? {
             return Err(ClientError::AlreadyRegistered(a.username.to_string()));
@@ -134,6 +135,7 @@ impl Client {
     /// On an existing device: approves the new device that shows `code`: certifies
     /// it, publishes the new device list, hands it the account key through the relay,
     /// waits for it to be ready and adds it to every conversation. Answers its id.
+    #[tracing::instrument(name = "link_approve", skip_all)]
     pub async fn link_approve(&self, code: &str) -> Result<DeviceId, ClientError> {
         let account = self.account()?;
         let code = LinkCode::parse(code)?;

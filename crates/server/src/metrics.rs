@@ -343,8 +343,9 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Middleware: times every request and counts it under its route template (never the
-/// concrete path, which would carry usernames and ids).
+/// Middleware: times every request, counts it under its route template (never the
+/// concrete path, which would carry usernames and ids) and runs it in a `request` span
+/// named the same way.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
@@ -352,7 +353,10 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
+    // The span names the route template and method only: never the concrete path
+    // (usernames, ids), a query string (`?token=`) or a header.
+    let span = tracing::debug_span!("request", method = %method, route = %route);
+    let response = tracing::Instrument::instrument(next.run(req), span).await;
     state.metrics().observe_request(
         &method,
         &route,
