@@ -8,14 +8,14 @@
 //! entry in order (Welcome, commit, application message), persists, then acks; an
 //! entry that cannot be processed is recorded and acked so it cannot wedge the queue.
 
-pub mod attachment;
+mod attachment;
 mod client;
 mod devices;
 mod error;
 mod link;
 mod listen;
-pub mod profile;
-pub mod transport;
+mod profile;
+mod transport;
 
 pub use client::{Client, ConversationSummary, Event, Sent, WhoAmI};
 pub use devices::DeviceInfo;

@@ -46,11 +46,6 @@ fn method(endpoint: Endpoint) -> reqwest::Method {
 }
 
 impl Transport {
-    /// A transport for the server at `base` (e.g. `http://127.0.0.1:7480`).
-    pub fn new(base: &str) -> Result<Self, ClientError> {
-        Self::with_ca(base, None)
-    }
-
     /// The same transport (same trusted CA) for another base URL.
     pub fn with_base(&self, base: &str) -> Result<Self, ClientError> {
         Self::with_ca(base, self.ca_pem.as_deref().cloned())

@@ -1,0 +1,362 @@
+//! Conversations: resolving what a person typed, creating them, membership, listing and history.
+
+use super::*;
+
+impl Client {
+    // ----- conversations -----
+
+    /// Resolves a target: a conversation id (32 hex) or a username (its direct
+    /// conversation, created on first use).
+    pub(super) async fn resolve(&self, target: &str) -> Result<ConversationId, ClientError> {
+        if target.len() == 32
+            && let Ok(id) = target.parse::<ConversationId>()
+        {
+            if self.read(|tx| tx.conversation(id))?.is_none() {
+                // Perhaps a Welcome for it is still in the mailbox.
+                self.catch_up().await?;
+            }
+            return match self.read(|tx| tx.conversation(id))? {
+                Some(_) => Ok(id),
+                None => Err(ClientError::UnknownConversation(target.to_owned())),
+            };
+        }
+        let peer = Username::parse(target).map_err(|_| {
+            ClientError::Usage(format!(
+                "{target:?} is neither a username nor a conversation id"
+            ))
+        })?;
+        if let Some(c) = self.read(|tx| tx.direct_with(&peer))? {
+            return Ok(c.id);
+        }
+        self.start(
+            StoredConversation {
+                id: ConversationId::from_bytes(self.read(rng_bytes::<16>)?),
+                kind: "direct".into(),
+                name: None,
+                peer: Some(peer.clone()),
+                disappearing_secs: None,
+                active: true,
+            },
+            &[peer],
+        )
+        .await
+    }
+
+    /// Creates a group conversation with these members (and all of their devices and
+    /// this account's other devices).
+    #[tracing::instrument(name = "create_group", skip_all)]
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: &[String],
+    ) -> Result<ConversationId, ClientError> {
+        let users = members
+            .iter()
+            .map(|m| {
+                Username::parse(m)
+                    .map_err(|e| ClientError::Usage(format!("invalid username {m:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let id = ConversationId::from_bytes(self.read(rng_bytes::<16>)?);
+        self.start(
+            StoredConversation {
+                id,
+                kind: "group".into(),
+                name: Some(name.to_owned()),
+                peer: None,
+                disappearing_secs: None,
+                active: true,
+            },
+            &users,
+        )
+        .await?;
+        // Members learn the name from the group itself (the server never sees it).
+        self.send_content(
+            id,
+            Content::GroupName(GroupName {
+                name: name.to_owned(),
+            }),
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Creates the MLS group and the server's group record, then adds `users` (and
+    /// this account's other devices).
+    pub(super) async fn start(
+        &self,
+        row: StoredConversation,
+        users: &[Username],
+    ) -> Result<ConversationId, ClientError> {
+        let account = self.account()?;
+        let me = account.username.clone();
+        // Look everyone up first: an unknown user fails before anything is created.
+        let mut wanted: Vec<Username> = users.iter().filter(|u| **u != me).cloned().collect();
+        wanted.sort();
+        wanted.dedup();
+        for u in &wanted {
+            self.transport.account(&account.token, u).await?;
+        }
+        let id = row.id;
+        let now = self.now();
+        self.write(|tx| {
+            Conversation::create(&tx.provider(), &account.device, id, &self.config)?;
+            tx.put_conversation(&row, now)
+        })?;
+        let mut everyone = wanted;
+        everyone.push(me);
+        let added = match self.transport.create_group(&account.token, id).await {
+            Ok(()) => self.add_users(id, &everyone).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = added {
+            // Do not keep a conversation nobody else can read: the next send to this
+            // user must try again from scratch, not post into an empty group.
+            self.write(|tx| {
+                if let Some(conv) = Conversation::load(&tx.provider(), id)? {
+                    conv.delete(&tx.provider())?;
+                }
+                tx.delete_conversation(id)
+            })?;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Adds users (all their devices; for this account, its other devices) to a
+    /// conversation, retrying on `stale_epoch`.
+    #[tracing::instrument(name = "add_members", skip_all)]
+    pub async fn add_members(
+        &self,
+        conversation: &str,
+        users: &[String],
+    ) -> Result<(), ClientError> {
+        let id = self.resolve_existing(conversation).await?;
+        let users = users
+            .iter()
+            .map(|m| {
+                Username::parse(m)
+                    .map_err(|e| ClientError::Usage(format!("invalid username {m:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.add_users(id, &users).await
+    }
+
+    pub(super) async fn resolve_existing(
+        &self,
+        conversation: &str,
+    ) -> Result<ConversationId, ClientError> {
+        let id: ConversationId = conversation
+            .parse()
+            .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
+        if self.read(|tx| tx.conversation(id))?.is_none() {
+            // Perhaps a Welcome for it is still in the mailbox.
+            self.catch_up().await?;
+        }
+        match self.read(|tx| tx.conversation(id))? {
+            Some(c) if c.active => Ok(id),
+            Some(_) => Err(ClientError::Usage(format!(
+                "you are no longer a member of conversation {conversation}"
+            ))),
+            None => Err(ClientError::UnknownConversation(conversation.to_owned())),
+        }
+    }
+
+    pub(crate) async fn add_users(
+        &self,
+        id: ConversationId,
+        users: &[Username],
+    ) -> Result<(), ClientError> {
+        let account = self.account()?;
+        self.catch_up().await?;
+        for _ in 0..COMMIT_RETRIES {
+            // Which devices are missing? (Own devices other than this one, all of theirs.)
+            let roster = self.read(|tx| Ok(load(tx, id)?.roster()?))?;
+            let mut packages = Vec::new();
+            for u in users {
+                let info = self.transport.account(&account.token, u).await?;
+                let missing: Vec<DeviceId> = info
+                    .device_list
+                    .devices()
+                    .iter()
+                    .map(|c| c.device_id())
+                    .filter(|d| !roster.contains(*d))
+                    .collect();
+                if missing.is_empty() {
+                    continue;
+                }
+                let claimed = self.transport.claim(&account.token, u).await?;
+                // Everything claimed goes to the engine, which checks each KeyPackage
+                // against the signed device list and the pinned identity key: a device
+                // the server slipped in is refused and reported, never silently
+                // dropped. Only devices already in the group are skipped.
+                let key_packages = claimed
+                    .into_iter()
+                    .filter(|(d, _)| !roster.contains(*d))
+                    .map(|(_, kp)| kp)
+                    .collect::<Vec<_>>();
+                if key_packages.is_empty() {
+                    continue;
+                }
+                packages.push((u.clone(), info.device_list, key_packages));
+            }
+            if packages.is_empty() {
+                return Ok(());
+            }
+            let outgoing = self.write(|tx| {
+                let mut conv = load(tx, id)?;
+                let mut trust = tx.trust();
+                // Whole users go in one commit; a user already partly present (own
+                // account, or a newly linked device) is added device by device.
+                let (whole, partial): (Vec<_>, Vec<_>) =
+                    packages.iter().partition(|(u, list, kps)| {
+                        !roster.users().contains_key(u) && kps.len() == list.devices().len()
+                    });
+                let result = if partial.is_empty() {
+                    let users: Vec<UserKeyPackages> = whole
+                        .iter()
+                        .map(|(_, list, kps)| UserKeyPackages {
+                            device_list: list.clone(),
+                            key_packages: kps.clone(),
+                        })
+                        .collect();
+                    conv.add_users(&tx.provider(), &account.device, &mut trust, &users)
+                } else {
+                    let mut claimed = Vec::new();
+                    for (u, list, kps) in &packages {
+                        sotto_core::accept_device_list(&mut trust, list)?;
+                        claimed.extend(kps.iter().map(|kp| ClaimedKeyPackage {
+                            username: u.clone(),
+                            bytes: kp.clone(),
+                        }));
+                    }
+                    conv.add_devices(&tx.provider(), &account.device, &mut trust, &claimed)
+                }
+                .map(Some);
+                trust.finish()?;
+                Ok(result?)
+            });
+            let outgoing = match outgoing {
+                Ok(Some(o)) => o,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.record_security(Some(id), &e);
+                    return Err(e);
+                }
+            };
+            if self.submit_commit(&account, id, outgoing).await? {
+                return Ok(());
+            }
+        }
+        Err(ClientError::Contention {
+            operation: "adding members",
+        })
+    }
+
+    /// Removes users (all their devices) from a conversation.
+    #[tracing::instrument(name = "remove_members", skip_all)]
+    pub async fn remove_members(
+        &self,
+        conversation: &str,
+        users: &[String],
+    ) -> Result<(), ClientError> {
+        let id = self.resolve_existing(conversation).await?;
+        let users = users
+            .iter()
+            .map(|m| {
+                Username::parse(m)
+                    .map_err(|e| ClientError::Usage(format!("invalid username {m:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let account = self.account()?;
+        self.catch_up().await?;
+        for _ in 0..COMMIT_RETRIES {
+            let out = self.write(|tx| {
+                Ok(load(tx, id)?.remove_users(&tx.provider(), &account.device, &users)?)
+            })?;
+            if self.submit_commit(&account, id, out).await? {
+                return Ok(());
+            }
+        }
+        Err(ClientError::Contention {
+            operation: "removing members",
+        })
+    }
+
+    /// Leaves a conversation: proposes the removal of every device of this account
+    /// (MLS lets only another member commit it; their clients do so when they next
+    /// sync) and stops showing the conversation here at once.
+    pub async fn leave(&self, conversation: &str) -> Result<(), ClientError> {
+        let account = self.account()?;
+        let id: ConversationId = conversation
+            .parse()
+            .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
+        self.catch_up().await?;
+        match self.read(|tx| tx.conversation(id))? {
+            None => return Err(ClientError::UnknownConversation(conversation.to_owned())),
+            Some(c) if !c.active => return Ok(()),
+            Some(_) => {}
+        }
+        let proposals =
+            self.write(|tx| Ok(load(tx, id)?.leave(&tx.provider(), &account.device)?))?;
+        let now_ms = self.now_ms();
+        for (i, proposal) in proposals.iter().enumerate() {
+            let random = self.read(rng_bytes::<10>)?;
+            let message_id = MessageId::new_v7(now_ms + i as u64, &random);
+            self.transport
+                .send(&account.token, id, message_id, proposal)
+                .await?;
+        }
+        self.write(|tx| tx.deactivate(id))
+    }
+
+    /// The members of a conversation: users and their devices (after catching up).
+    pub async fn members(
+        &self,
+        conversation: &str,
+    ) -> Result<Vec<(Username, Vec<DeviceId>)>, ClientError> {
+        let id: ConversationId = conversation
+            .parse()
+            .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
+        self.catch_up().await?;
+        let roster = self.read(|tx| Ok(load(tx, id)?.roster()?))?;
+        Ok(roster.users().into_iter().collect())
+    }
+
+    /// Every conversation with members and unread counts.
+    pub fn conversations(&self) -> Result<Vec<ConversationSummary>, ClientError> {
+        self.read(|tx| {
+            tx.conversations()?
+                .into_iter()
+                .map(|c| {
+                    let members = match Conversation::load(&tx.provider(), c.id)? {
+                        Some(conv) if c.active => conv.roster()?.users().into_keys().collect(),
+                        _ => Vec::new(),
+                    };
+                    let unread = tx.unread(c.id)?;
+                    Ok(ConversationSummary {
+                        conversation: c,
+                        members,
+                        unread,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// A conversation's stored messages, oldest first; marks them read.
+    pub fn history(&self, conversation: &str) -> Result<Vec<StoredMessage>, ClientError> {
+        let id: ConversationId = conversation
+            .parse()
+            .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
+        let now = self.now();
+        self.write(|tx| {
+            if tx.conversation(id)?.is_none() {
+                return Err(ClientError::UnknownConversation(conversation.to_owned()));
+            }
+            tx.delete_expired(now)?;
+            tx.mark_read(id)?;
+            tx.history(id)
+        })
+    }
+}

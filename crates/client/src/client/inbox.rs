@@ -1,0 +1,111 @@
+//! Inbound: fetching the mailbox, processing each entry in one transaction with the cursor, acking, and the events and failures it records.
+
+use super::*;
+
+impl Client {
+    // ----- receiving -----
+
+    /// Hands out (once) the events queued by processing.
+    pub(crate) fn take_events(&self) -> Result<Vec<Event>, ClientError> {
+        let events = self.write(|tx| {
+            tx.take_queued_events()?
+                .iter()
+                .map(|json| {
+                    serde_json::from_str(json)
+                        .map_err(|e| ClientError::Local(format!("a queued event is corrupt: {e}")))
+                })
+                .collect::<Result<Vec<Event>, _>>()
+        })?;
+        Ok(self.emit(events))
+    }
+
+    /// Fetches and processes everything pending and acks it; the events stay queued
+    /// for the next [`Client::sync`].
+    #[tracing::instrument(name = "catch_up", skip_all)]
+    pub(crate) async fn catch_up(&self) -> Result<(), ClientError> {
+        let account = self.account()?;
+        let mut joined = false;
+        loop {
+            let cursor = self.read(|tx| tx.counter("cursor"))?;
+            let entries = self.transport.fetch(&account.token, cursor).await?;
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                break;
+            };
+            for entry in entries {
+                joined |= entry.kind == EntryKind::Welcome;
+                self.process_entry(&account, entry)?;
+            }
+            self.transport.ack(&account.token, last).await?;
+        }
+        let now = self.now();
+        self.write(|tx| tx.delete_expired(now))?;
+        if joined {
+            self.top_up_key_packages(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Processes one mailbox entry in one transaction with the cursor move. An entry
+    /// that fails is recorded (with the cursor moved past it) so it cannot wedge the
+    /// queue; the failure is returned as an event.
+    pub(crate) fn process_entry(&self, account: &Account, entry: Entry) -> Result<(), ClientError> {
+        let seq = entry.seq;
+        let now = self.now();
+        if self.read(|tx| tx.counter("cursor"))? >= seq {
+            return Ok(());
+        }
+        // The events are queued in the same transaction as the state change, so a
+        // crash can neither lose them nor show them twice.
+        let processed = self.write(|tx| {
+            let events = handle(tx, &self.config, account, &entry, now)?;
+            tx.set_counter("cursor", seq)?;
+            queue(tx, &events)?;
+            Ok(())
+        });
+        match processed {
+            Ok(()) => Ok(()),
+            Err(ClientError::Local(e)) => Err(ClientError::Local(e)),
+            Err(e) => {
+                let reason = e.to_string();
+                let security = security_of(&e);
+                self.write(|tx| {
+                    tx.record_failure(seq, Some(entry.group), &reason, now)?;
+                    let mut events = vec![Event::Failed {
+                        seq,
+                        reason: reason.clone(),
+                    }];
+                    if let Some(detail) = &security {
+                        tx.record_event(Some(entry.group), "security", detail, now)?;
+                        events.push(Event::Security {
+                            conversation: Some(entry.group),
+                            detail: detail.clone(),
+                        });
+                    }
+                    queue(tx, &events)?;
+                    tx.set_counter("cursor", seq)
+                })
+            }
+        }
+    }
+
+    pub(super) fn record_security(&self, conversation: Option<ConversationId>, e: &ClientError) {
+        if let Some(detail) = security_of(e) {
+            let now = self.now();
+            let _ = self.write(|tx| tx.record_event(conversation, "security", &detail, now));
+            self.emit(vec![Event::Security {
+                conversation,
+                detail,
+            }]);
+        }
+    }
+
+    /// Recorded failures: (seq, reason).
+    pub fn failures(&self) -> Result<Vec<(u64, String)>, ClientError> {
+        self.read(|tx| tx.failures())
+    }
+
+    /// Recorded security events: (conversation, detail).
+    pub fn security_events(&self) -> Result<Vec<(Option<ConversationId>, String)>, ClientError> {
+        self.read(|tx| tx.events("security"))
+    }
+}

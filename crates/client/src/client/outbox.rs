@@ -1,0 +1,129 @@
+//! Outbound: encrypting and sending one envelope, submitting commits and committing pending proposals (each retried on a stale epoch after catching up).
+
+use super::*;
+
+impl Client {
+    /// Sends a staged commit. `Ok(true)` when accepted and applied; `Ok(false)` when
+    /// another commit won the epoch (the staged one is dropped and pending entries are
+    /// applied, so the caller rebuilds and retries).
+    #[tracing::instrument(name = "commit", skip_all, fields(conversation = %id))]
+    pub(crate) async fn submit_commit(
+        &self,
+        account: &Account,
+        id: ConversationId,
+        out: OutgoingCommit,
+    ) -> Result<bool, ClientError> {
+        let result = self.transport.commit(&account.token, id, &out).await;
+        match result {
+            Ok(_) => {
+                // The event is queued with the state change, like a received commit's.
+                self.write(|tx| {
+                    let mut conv = load(tx, id)?;
+                    let change = conv.confirm_commit(&tx.provider())?;
+                    if change.removed_me {
+                        tx.deactivate(id)?;
+                    }
+                    queue(tx, &[members_event(id, &change)])
+                })?;
+                Ok(true)
+            }
+            Err(e) if e.server_code() == Some(ErrorCode::StaleEpoch) => {
+                self.write(|tx| Ok(load(tx, id)?.discard_commit(&tx.provider())?))?;
+                self.catch_up().await?;
+                Ok(false)
+            }
+            Err(e) => {
+                // Not applied anywhere: drop it so the group is usable again.
+                let _ = self.write(|tx| Ok(load(tx, id)?.discard_commit(&tx.provider())?));
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits proposals other members queued (a member leaving), in every
+    /// conversation that has some; retries after losing an epoch race.
+    pub(crate) async fn commit_pending_proposals(&self) -> Result<(), ClientError> {
+        let account = self.account()?;
+        for id in self.read(|tx| tx.pending_proposals())? {
+            for _ in 0..COMMIT_RETRIES {
+                let out = self.write(|tx| {
+                    let Some(mut conv) = Conversation::load(&tx.provider(), id)? else {
+                        return Ok(None);
+                    };
+                    if !conv.is_active() {
+                        return Ok(None);
+                    }
+                    Ok(conv.commit_pending_proposals(&tx.provider(), &account.device)?)
+                })?;
+                let Some(out) = out else { break };
+                if self.submit_commit(&account, id, out).await? {
+                    break;
+                }
+            }
+            self.write(|tx| tx.clear_pending_proposals(id))?;
+        }
+        Ok(())
+    }
+
+    /// Encrypts and sends one envelope, storing its effect locally first. The send is
+    /// retried with the same message id on a stale epoch (after catching up).
+    #[tracing::instrument(name = "send", skip_all, fields(conversation = %id))]
+    pub(super) async fn send_content(
+        &self,
+        id: ConversationId,
+        content: Content,
+    ) -> Result<Sent, ClientError> {
+        let account = self.account()?;
+        // Catch up first: a message encrypted in an epoch that already ended would not
+        // reach members added since.
+        self.catch_up().await?;
+        let now_ms = self.now_ms();
+        let now = now_ms / 1000;
+        let message_id = self.read(|tx| {
+            let random = rng_bytes::<10>(tx)?;
+            Ok(MessageId::new_v7(now_ms, &random))
+        })?;
+        let envelope = Envelope {
+            id: message_id,
+            sent_at_ms: now_ms,
+            content,
+        };
+        for attempt in 0..COMMIT_RETRIES {
+            let body = self.write(|tx| {
+                let mut conv = load(tx, id)?;
+                let body = conv.encrypt(&tx.provider(), &account.device, &envelope)?;
+                if attempt == 0 {
+                    apply_content(
+                        tx,
+                        id,
+                        &account.username,
+                        account.device.device_id(),
+                        true,
+                        &envelope,
+                        now,
+                    )?;
+                }
+                Ok(body)
+            })?;
+            match self
+                .transport
+                .send(&account.token, id, message_id, &body)
+                .await
+            {
+                Ok(_) => {
+                    return Ok(Sent {
+                        id: message_id,
+                        conversation: id,
+                    });
+                }
+                Err(e) if e.server_code() == Some(ErrorCode::StaleEpoch) => {
+                    self.catch_up().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Contention {
+            operation: "sending",
+        })
+    }
+}

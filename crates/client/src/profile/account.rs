@@ -1,0 +1,88 @@
+//! This device's account (keys, token) and the `meta` table's values and counters.
+
+use super::*;
+
+impl ProfileTx<'_> {
+    pub(super) fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        Ok(self
+            .tx
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub(super) fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), ClientError> {
+        self.tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn meta_text(&self, key: &str) -> Result<Option<String>, ClientError> {
+        self.meta(key)?
+            .map(|v| {
+                String::from_utf8(v)
+                    .map_err(|_| ClientError::Local(format!("profile setting {key} is corrupt")))
+            })
+            .transpose()
+    }
+
+    /// Stores the account (registration or linking).
+    pub fn save_account(&self, account: &Account) -> Result<(), ClientError> {
+        self.set_meta("username", account.username.as_str().as_bytes())?;
+        self.set_meta("certificate", &account.device.certificate().to_bytes())?;
+        self.set_meta(
+            "device_secret",
+            account.device.signer().to_secret_bytes().as_slice(),
+        )?;
+        self.set_meta(
+            "identity_secret",
+            account.identity.to_secret_bytes().as_slice(),
+        )?;
+        self.set_meta("token", account.token.as_bytes())?;
+        self.set_meta("server", account.server.as_bytes())?;
+        Ok(())
+    }
+
+    /// The account, if this profile has one.
+    pub fn account(&self) -> Result<Option<Account>, ClientError> {
+        let Some(username) = self.meta_text("username")? else {
+            return Ok(None);
+        };
+        let corrupt = |what: &str| ClientError::Local(format!("the profile's {what} is corrupt"));
+        let username = Username::parse(&username).map_err(|_| corrupt("username"))?;
+        let cert = self
+            .meta("certificate")?
+            .ok_or_else(|| corrupt("certificate"))?;
+        let cert = DeviceCertificate::from_bytes(&cert).map_err(|_| corrupt("certificate"))?;
+        let secret = |key: &str| -> Result<zeroize::Zeroizing<[u8; 32]>, ClientError> {
+            let bytes = zeroize::Zeroizing::new(self.meta(key)?.ok_or_else(|| corrupt(key))?);
+            let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| corrupt(key))?;
+            Ok(zeroize::Zeroizing::new(array))
+        };
+        let signer = DeviceSigner::from_secret_bytes(&*secret("device_secret")?);
+        let identity = IdentityKeyPair::from_secret_bytes(&*secret("identity_secret")?);
+        let device = LocalDevice::new(cert, signer).map_err(|_| corrupt("device key"))?;
+        Ok(Some(Account {
+            username,
+            device,
+            identity,
+            token: self.meta_text("token")?.ok_or_else(|| corrupt("token"))?,
+            server: self.meta_text("server")?.ok_or_else(|| corrupt("server"))?,
+        }))
+    }
+
+    /// A small integer setting.
+    pub fn counter(&self, key: &str) -> Result<u64, ClientError> {
+        Ok(self
+            .meta(key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Sets a small integer setting.
+    pub fn set_counter(&self, key: &str, value: u64) -> Result<(), ClientError> {
+        self.set_meta(key, &value.to_be_bytes())
+    }
+}
