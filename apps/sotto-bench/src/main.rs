@@ -188,7 +188,7 @@ fn random<const N: usize>() -> [u8; N] {
 }
 
 fn run_tag() -> String {
-    random::<4>().iter().map(|b| format!("{b:02x}")).collect()
+    sotto_proto::ids::to_hex(&random::<4>())
 }
 
 // ----- HTTP -----

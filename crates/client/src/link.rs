@@ -95,10 +95,7 @@ impl LinkCode {
     }
 
     fn slot(&self, label: &str) -> String {
-        self.derive(label)[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        sotto_proto::ids::to_hex(&self.derive(label)[..16])
     }
 
     /// The slot of step 1, 2 or 3.

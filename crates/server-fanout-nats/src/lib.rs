@@ -46,6 +46,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use sotto_proto::DeviceId;
+use sotto_proto::ids::to_hex;
 use sotto_server_fanout::{Fanout, FanoutSubscription, Wake, WakeMark};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -152,10 +153,6 @@ fn wake_all(local: &Local) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl NatsFanout {
     /// Connects to `url` (e.g. `nats://127.0.0.1:4222`). Subjects start with `prefix`
     /// (letters, digits, `_` and `-`), so several deployments can share one NATS.
@@ -215,7 +212,7 @@ impl NatsFanout {
         let mut node = [0u8; 16];
         getrandom::fill(&mut node).map_err(|e| fail(format!("no OS random source: {e}")))?;
 
-        let sync_subject = format!("{prefix}.sync.{}", hex(&node));
+        let sync_subject = format!("{prefix}.sync.{}", to_hex(&node));
         let echoes = client
             .subscribe(sync_subject.clone())
             .await
@@ -247,7 +244,7 @@ impl NatsFanout {
         // Heard by every node before this one serves anything: a node that
         // acknowledged a message and died before its first heartbeat would otherwise
         // never be missed.
-        let own = format!("{prefix}.node.{}", hex(&node));
+        let own = format!("{prefix}.node.{}", to_hex(&node));
         client
             .publish(own.clone(), Vec::new().into())
             .await
@@ -296,7 +293,7 @@ impl NatsFanout {
 
     /// `<prefix>.<kind>.<device id in hex>`.
     fn subject(&self, kind: &str, device: DeviceId) -> String {
-        format!("{}.{kind}.{}", self.prefix, hex(device.as_bytes()))
+        format!("{}.{kind}.{}", self.prefix, to_hex(device.as_bytes()))
     }
 
     /// How many other nodes this one hears now (their heartbeats arrive). A node only

@@ -39,7 +39,7 @@ fn new_id() -> Result<String, ApiError> {
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw)
         .map_err(|e| ApiError::Internal(format!("the system RNG failed: {e}")))?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(sotto_proto::ids::to_hex(&raw))
 }
 
 fn is_id(s: &str) -> bool {

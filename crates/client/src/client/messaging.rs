@@ -41,7 +41,10 @@ impl Client {
         let staging = self.home.join("outgoing");
         std::fs::create_dir_all(&staging)
             .map_err(|e| ClientError::Local(format!("cannot create {}: {e}", staging.display())))?;
-        let sealed_path = staging.join(format!("{}.sealed", hex(&self.read(rng_bytes::<16>)?)));
+        let sealed_path = staging.join(format!(
+            "{}.sealed",
+            sotto_proto::ids::to_hex(&self.read(rng_bytes::<16>)?)
+        ));
         let result = async {
             let (input, output) = (path.to_path_buf(), sealed_path.clone());
             let sealed =

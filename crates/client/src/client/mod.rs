@@ -304,10 +304,6 @@ impl Client {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Loads a conversation that must exist.
 pub(crate) fn load(tx: &ProfileTx<'_>, id: ConversationId) -> Result<Conversation, ClientError> {
     Conversation::load(&tx.provider(), id)?
