@@ -17,47 +17,22 @@ use std::time::Duration;
 use common::{Running, start};
 use sotto_client::{Client, ClientError, Event};
 use sotto_server_store::suite::service_missing;
+use sotto_server_store_postgres::scratch::Scratch;
 use sotto_testkit::proxy::Proxy;
-use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 /// Longer than any real delivery, shorter than the server's 30 s keepalive (whose
 /// round trip also re-reads the mailbox and would hide a fan-out that never woke).
 const DELIVERY: Duration = Duration::from_secs(15);
 
-struct Database {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 /// A fresh database and the NATS URL, or `None` (reported) when a service is absent.
-async fn services() -> Option<(Database, String, String)> {
+async fn services() -> Option<(Scratch, String, String)> {
     let admin_url = std::env::var("SOTTO_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let nats_url =
         std::env::var("SOTTO_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
-        Ok(conn) => conn,
+    let (database, db_url) = match Scratch::database(&admin_url).await {
+        Ok(made) => made,
         Err(e) => {
             service_missing("PostgreSQL", &e);
             return None;
@@ -68,18 +43,7 @@ async fn services() -> Option<(Database, String, String)> {
         service_missing("NATS", &e);
         return None;
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let name = format!("sotto_multinode_{}_{nanos}", std::process::id());
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let base = admin_url.rsplit_once('/').unwrap().0;
-    let db_url = format!("{base}/{name}");
-    Some((Database { admin_url, name }, db_url, nats_url))
+    Some((database, db_url, nats_url))
 }
 
 /// Waits until a WebSocket on the node at `addr` has read its mailbox (its first read

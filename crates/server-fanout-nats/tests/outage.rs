@@ -280,6 +280,29 @@ async fn a_wake_up_is_with_nats_before_notify_returns() {
     assert!(not_woken(&mut bob_sub, Duration::from_millis(500)).await);
 }
 
+/// Heartbeat tests: node 1 behind a proxy, node 2 direct, fast clocks; bob subscribed
+/// on node 2, node 2 hearing node 1 (a node only misses peers it has heard), and a
+/// first wake-up from node 1 through the working link already consumed.
+async fn heartbeat_pair(
+    prefix: &str,
+) -> Option<(Server, Proxy, NatsFanout, NatsFanout, FanoutSubscription)> {
+    let server = server().await?;
+    let fast = Timing {
+        heartbeat: Duration::from_millis(100),
+        peer_lost_after: Duration::from_secs(1),
+        confirm_within: Duration::from_millis(300),
+    };
+    let link = Proxy::start(server.addr(), Duration::ZERO).await.unwrap();
+    let node1 = node(&format!("nats://{}", link.addr()), prefix, fast).await;
+    let node2 = node(&server.url(), prefix, fast).await;
+    let bob = DeviceId::from_bytes([2; 16]);
+    let mut bob_sub = node2.subscribe(bob).await;
+    wait_heard(&node2, 1).await;
+    node1.notify(bob, Wake::UpTo(1)).await;
+    assert_eq!(woken(&mut bob_sub, "link works").await, Wake::UpTo(1));
+    Some((server, link, node1, node2, bob_sub))
+}
+
 /// The host-crash case that confirmation cannot cover: node 1 cannot reach NATS
 /// (its link is a black hole, the connection looks open), answers its sender after
 /// the confirmation bound, and dies. Node 2 notices node 1's heartbeats stopped and
@@ -287,28 +310,16 @@ async fn a_wake_up_is_with_nats_before_notify_returns() {
 /// would wait until he reconnected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_falls_silent_makes_the_others_reread() {
-    let Some(server) = server().await else {
+    let Some((_server, link, node1, _node2, mut bob_sub)) = heartbeat_pair("heartbeats").await
+    else {
         return;
     };
-    let fast = Timing {
-        heartbeat: Duration::from_millis(100),
-        peer_lost_after: Duration::from_secs(1),
-        confirm_within: Duration::from_millis(300),
-    };
-    let link = Proxy::start(server.addr(), Duration::ZERO).await.unwrap();
-    let prefix = "heartbeats";
-    let node1 = node(&format!("nats://{}", link.addr()), prefix, fast).await;
-    let node2 = node(&server.url(), prefix, fast).await;
-    let bob = DeviceId::from_bytes([2; 16]);
-    let mut bob_sub = node2.subscribe(bob).await;
-    // Node 2 hears node 1 (a node only misses peers it has heard).
-    wait_heard(&node2, 1).await;
-    node1.notify(bob, Wake::UpTo(1)).await;
-    assert_eq!(woken(&mut bob_sub, "link works").await, Wake::UpTo(1));
     assert!(node1.sync().await, "a working link confirms");
 
     link.black_hole();
-    node1.notify(bob, Wake::UpTo(2)).await;
+    node1
+        .notify(DeviceId::from_bytes([2; 16]), Wake::UpTo(2))
+        .await;
     assert!(!node1.sync().await, "a black hole cannot confirm");
     drop(node1);
     assert_eq!(
@@ -322,23 +333,10 @@ async fn a_node_that_falls_silent_makes_the_others_reread() {
 /// back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_heard_again_makes_the_others_reread() {
-    let Some(server) = server().await else {
+    let Some((_server, link, node1, node2, mut bob_sub)) = heartbeat_pair("heard-again").await
+    else {
         return;
     };
-    let fast = Timing {
-        heartbeat: Duration::from_millis(100),
-        peer_lost_after: Duration::from_secs(1),
-        confirm_within: Duration::from_millis(300),
-    };
-    let link = Proxy::start(server.addr(), Duration::ZERO).await.unwrap();
-    let prefix = "heard-again";
-    let node1 = node(&format!("nats://{}", link.addr()), prefix, fast).await;
-    let node2 = node(&server.url(), prefix, fast).await;
-    let bob = DeviceId::from_bytes([2; 16]);
-    let mut bob_sub = node2.subscribe(bob).await;
-    wait_heard(&node2, 1).await;
-    node1.notify(bob, Wake::UpTo(1)).await;
-    assert_eq!(woken(&mut bob_sub, "link works").await, Wake::UpTo(1));
 
     link.hold();
     assert_eq!(woken(&mut bob_sub, "node 1 stalled").await, Wake::Reread);

@@ -17,6 +17,7 @@
 
 mod ops;
 mod schema;
+pub mod scratch;
 pub mod writer;
 
 use std::str::FromStr;

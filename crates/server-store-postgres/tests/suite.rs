@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use sotto_server_store::suite::{T0, dev, gid, msg_id, register, service_missing};
 use sotto_server_store::{CommitSubmission, MessageSubmission, Store, StoreError};
+use sotto_server_store_postgres::scratch::Scratch;
 use sotto_server_store_postgres::{PostgresOptions, PostgresStore};
 
 fn database_url() -> String {
@@ -18,50 +19,18 @@ fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-/// Drops the test's schema when the test ends.
-struct Schema {
-    name: String,
+fn fresh_schema() -> Scratch {
+    Scratch::schema(&database_url()).unwrap()
 }
 
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // The test's runtime may be shutting down: use a runtime of our own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&database_url()).await {
-                    let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-fn fresh_schema() -> Schema {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).unwrap();
-    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Schema {
-        name: format!("sotto_test_{suffix}"),
-    }
-}
-
-async fn open(schema: &Schema) -> Result<PostgresStore, StoreError> {
+async fn open(schema: &Scratch) -> Result<PostgresStore, StoreError> {
     let mut options = PostgresOptions::new(database_url());
     options.pool_size = 8;
-    options.schema = Some(schema.name.clone());
+    options.schema = Some(schema.name().to_owned());
     PostgresStore::connect(&options).await
 }
 
-async fn fresh() -> Option<(PostgresStore, Schema)> {
+async fn fresh() -> Option<(PostgresStore, Scratch)> {
     let schema = fresh_schema();
     match open(&schema).await {
         Ok(store) => Some((store, schema)),
