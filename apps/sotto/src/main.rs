@@ -214,6 +214,7 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
             ClientError::Usage(_)
+            | ClientError::Ambiguous { .. }
             | ClientError::NotRegistered
             | ClientError::AlreadyRegistered(_) => 2,
             ClientError::UnknownUser(_) | ClientError::UnknownConversation(_) => 3,

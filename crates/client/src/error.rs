@@ -23,6 +23,14 @@ pub enum ClientError {
     /// No conversation matches.
     #[error("no conversation {0} in this profile: see `sotto conversations`")]
     UnknownConversation(String),
+    /// What the person typed names several conversations.
+    #[error("{input:?} names {} conversations: {}; use more of the id", candidates.len(), candidates.join(", "))]
+    Ambiguous {
+        /// What was typed.
+        input: String,
+        /// Each candidate as `<id> (<name>)`.
+        candidates: Vec<String>,
+    },
     /// The user typed something that cannot be right.
     #[error("{0}")]
     Usage(String),

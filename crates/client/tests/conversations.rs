@@ -371,3 +371,91 @@ async fn a_member_leaves_and_the_others_commit_the_removal() {
         "carol left: she reads nothing more"
     );
 }
+
+/// A conversation is found the way a person names it: a contact, a group's name, or
+/// the start of its id; a name two groups share is refused with both listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_are_found_by_contact_group_name_or_id_prefix() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let _carol = server.user("carol").await;
+
+    let direct = alice
+        .client
+        .send_text("bob", "hi")
+        .await
+        .unwrap()
+        .conversation;
+    let hikers = alice
+        .client
+        .create_group("Hikers", &["bob".into()])
+        .await
+        .unwrap();
+    let club1 = alice
+        .client
+        .create_group("club", &["bob".into()])
+        .await
+        .unwrap();
+    let club2 = alice
+        .client
+        .create_group("club", &["carol".into()])
+        .await
+        .unwrap();
+
+    let find = |what: &'static str| alice.client.find_conversation(what);
+    assert_eq!(find("bob").await.unwrap(), direct);
+    assert_eq!(find("hikers").await.unwrap(), hikers, "letter case aside");
+    let prefix = &hikers.to_string()[..8];
+    assert_eq!(
+        alice.client.find_conversation(prefix).await.unwrap(),
+        hikers
+    );
+    let err = find("club").await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, ClientError::Ambiguous { candidates, .. } if candidates.len() == 2),
+        "{text}"
+    );
+    assert!(
+        text.contains(&club1.to_string()) && text.contains(&club2.to_string()),
+        "{text}"
+    );
+    assert!(matches!(
+        find("nobody-here").await.unwrap_err(),
+        ClientError::UnknownConversation(_)
+    ));
+
+    // Sending by group name reaches the group.
+    alice
+        .client
+        .send_text("Hikers", "trail at nine")
+        .await
+        .unwrap();
+    let events = bob.client.sync().await.unwrap();
+    let texts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            sotto_client::Event::Message(m) => m.text.clone(),
+            _ => None,
+        })
+        .collect();
+    assert!(texts.contains(&"trail at nine".to_owned()), "{texts:?}");
+    // Bob, in a one-to-one conversation with alice and two groups of two with her,
+    // sees the groups as groups under their names (not as more one-to-one chats).
+    let bobs = bob.client.conversations().unwrap();
+    let kinds: Vec<(String, Option<String>)> = bobs
+        .iter()
+        .map(|c| (c.conversation.kind.clone(), c.conversation.name.clone()))
+        .collect();
+    assert_eq!(bobs.len(), 3, "{kinds:?}");
+    assert!(
+        kinds.contains(&("group".into(), Some("Hikers".into()))),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("group".into(), Some("club".into()))),
+        "{kinds:?}"
+    );
+    assert_eq!(bob.client.find_conversation("alice").await.unwrap(), direct);
+}

@@ -62,12 +62,19 @@ pub(super) fn handle(
             let conv = joined.conversation;
             let users = conv.roster()?.users();
             let others: Vec<&Username> = users.keys().filter(|u| **u != account.username).collect();
-            let row = if others.len() == 1 {
+            // Two people are a one-to-one conversation unless they already have one:
+            // then this is a group of two (its name follows as the group's first
+            // message, which also marks it a group).
+            let direct_peer = match others.as_slice() {
+                [peer] if tx.direct_with(peer)?.is_none() => Some((*peer).clone()),
+                _ => None,
+            };
+            let row = if let Some(peer) = direct_peer {
                 StoredConversation {
                     id: conv.id(),
                     kind: "direct".into(),
                     name: None,
-                    peer: others.first().map(|u| (*u).clone()),
+                    peer: Some(peer),
                     disappearing_secs: None,
                     active: true,
                 }

@@ -8,26 +8,15 @@ impl Client {
     /// Resolves a target: a conversation id (32 hex) or a username (its direct
     /// conversation, created on first use).
     pub(super) async fn resolve(&self, target: &str) -> Result<ConversationId, ClientError> {
-        if target.len() == 32
-            && let Ok(id) = target.parse::<ConversationId>()
-        {
-            if self.read(|tx| tx.conversation(id))?.is_none() {
-                // Perhaps a Welcome for it is still in the mailbox.
-                self.catch_up().await?;
-            }
-            return match self.read(|tx| tx.conversation(id))? {
-                Some(_) => Ok(id),
-                None => Err(ClientError::UnknownConversation(target.to_owned())),
-            };
+        match self.find_conversation(target).await {
+            Err(ClientError::UnknownConversation(_)) => {}
+            found => return found,
         }
         let peer = Username::parse(target).map_err(|_| {
             ClientError::Usage(format!(
                 "{target:?} is neither a username nor a conversation id"
             ))
         })?;
-        if let Some(c) = self.read(|tx| tx.direct_with(&peer))? {
-            return Ok(c.id);
-        }
         self.start(
             StoredConversation {
                 id: ConversationId::from_bytes(self.read(rng_bytes::<16>)?),
@@ -40,6 +29,86 @@ impl Client {
             &[peer],
         )
         .await
+    }
+
+    /// The conversation a person means by `what`, as they would type it: a whole
+    /// conversation id, the username of a one-to-one conversation, a group's name
+    /// (letter case aside), or the start of an id (at least 4 hex digits). More than
+    /// one match is [`ClientError::Ambiguous`], listing them; none is
+    /// [`ClientError::UnknownConversation`]. Catches up first when nothing matches (a
+    /// Welcome may still be in the mailbox).
+    pub async fn find_conversation(&self, what: &str) -> Result<ConversationId, ClientError> {
+        match self.match_conversation(what) {
+            Err(ClientError::UnknownConversation(_)) => {
+                self.catch_up().await?;
+                self.match_conversation(what)
+            }
+            found => found,
+        }
+    }
+
+    fn match_conversation(&self, what: &str) -> Result<ConversationId, ClientError> {
+        let all = self.read(|tx| tx.conversations())?;
+        let unknown = || ClientError::UnknownConversation(what.to_owned());
+        if let Ok(id) = what.parse::<ConversationId>() {
+            return all
+                .iter()
+                .find(|c| c.id == id)
+                .map(|c| c.id)
+                .ok_or_else(unknown);
+        }
+        let lower = what.to_ascii_lowercase();
+        // A contact: the active one-to-one conversation with them.
+        if let Ok(peer) = Username::parse(what)
+            && let Some(c) = self.read(|tx| tx.direct_with(&peer))?
+        {
+            return Ok(c.id);
+        }
+        let by_name: Vec<&StoredConversation> = all
+            .iter()
+            .filter(|c| {
+                c.kind == "group"
+                    && c.name
+                        .as_ref()
+                        .is_some_and(|n| n.to_lowercase() == what.to_lowercase())
+            })
+            .collect();
+        let by_prefix: Vec<&StoredConversation> =
+            if lower.len() >= 4 && lower.chars().all(|c| c.is_ascii_hexdigit()) {
+                all.iter()
+                    .filter(|c| c.id.to_string().starts_with(&lower))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        // A group name before an id prefix.
+        let mut matches = [by_name, by_prefix]
+            .into_iter()
+            .find(|m| !m.is_empty())
+            .ok_or_else(unknown)?;
+        // Conversations this device still takes part in before those it left.
+        if matches.iter().any(|c| c.active) {
+            matches.retain(|c| c.active);
+        }
+        match matches.as_slice() {
+            [one] => Ok(one.id),
+            many => Err(ClientError::Ambiguous {
+                input: what.to_owned(),
+                candidates: many
+                    .iter()
+                    .map(|c| {
+                        let label = c
+                            .name
+                            .clone()
+                            .or_else(|| c.peer.as_ref().map(ToString::to_string));
+                        match label {
+                            Some(label) => format!("{} ({label})", c.id),
+                            None => c.id.to_string(),
+                        }
+                    })
+                    .collect(),
+            }),
+        }
     }
 
     /// Creates a group conversation with these members (and all of their devices and
@@ -146,13 +215,7 @@ impl Client {
         &self,
         conversation: &str,
     ) -> Result<ConversationId, ClientError> {
-        let id: ConversationId = conversation
-            .parse()
-            .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
-        if self.read(|tx| tx.conversation(id))?.is_none() {
-            // Perhaps a Welcome for it is still in the mailbox.
-            self.catch_up().await?;
-        }
+        let id = self.find_conversation(conversation).await?;
         match self.read(|tx| tx.conversation(id))? {
             Some(c) if c.active => Ok(id),
             Some(_) => Err(ClientError::Usage(format!(

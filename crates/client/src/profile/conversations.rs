@@ -45,10 +45,11 @@ impl ProfileTx<'_> {
         Ok(())
     }
 
-    /// Sets a group's name.
+    /// Names a group. A conversation that gets a name is a group: one joined as a
+    /// one-to-one conversation (a group of two) becomes one.
     pub fn set_name(&self, id: ConversationId, name: &str) -> Result<(), ClientError> {
         self.tx.execute(
-            "UPDATE conversations SET name = ?2 WHERE id = ?1 AND kind = 'group'",
+            "UPDATE conversations SET name = ?2, kind = 'group', peer = NULL WHERE id = ?1",
             params![&id.as_bytes()[..], name],
         )?;
         Ok(())
