@@ -29,8 +29,12 @@ fn nonce(index: u64, last: bool) -> [u8; 12] {
     n
 }
 
-fn io(what: &str, path: &Path, e: &std::io::Error) -> ClientError {
-    ClientError::Local(format!("{what} {}: {e}", path.display()))
+fn io(what: &'static str, path: &Path, e: &std::io::Error) -> ClientError {
+    ClientError::file(
+        what.trim_start_matches("cannot "),
+        path,
+        std::io::Error::new(e.kind(), e.to_string()),
+    )
 }
 
 /// Reads as many bytes as fit in `buf` (fewer only at the end of the input).
@@ -203,14 +207,15 @@ mod tests {
     use super::*;
 
     fn roundtrip(len: usize) -> Result<(), ClientError> {
-        let dir = tempfile::tempdir().map_err(|e| ClientError::Local(e.to_string()))?;
+        let dir = tempfile::tempdir()
+            .map_err(|e| ClientError::file("create", &std::env::temp_dir(), e))?;
         let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let (p, c, o) = (
             dir.path().join("p"),
             dir.path().join("c"),
             dir.path().join("o"),
         );
-        std::fs::write(&p, &plain).map_err(|e| ClientError::Local(e.to_string()))?;
+        std::fs::write(&p, &plain).map_err(|e| ClientError::file("write", &p, e))?;
         let key = [9u8; 32];
         let sealed = seal_file(&key, &p, &c)?;
         assert_eq!(sealed.size, len as u64);

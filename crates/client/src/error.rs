@@ -74,26 +74,99 @@ pub enum ClientError {
     /// An attachment's ciphertext did not match its digest.
     #[error("the attachment was tampered with or corrupted (digest mismatch); it was not saved")]
     AttachmentDigest,
-    /// Local storage failed.
+    /// The profile database failed.
     #[error("local storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+    /// A local file or directory could not be used.
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        /// What was being done ("open", "create", "read", "write", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something stored in the profile does not read back.
+    #[error("the profile is damaged: {0} is corrupt")]
+    Corrupt(String),
+    /// A worker task of this process failed (it panicked or was cancelled).
+    #[error("a worker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// Setting up TLS failed.
+    #[error("TLS set-up failed: {0}")]
+    Tls(#[source] rustls::Error),
+    /// This process cannot go on (no random source, a poisoned lock).
+    #[error("{0}")]
     Local(String),
     /// Linking a device failed.
     #[error("linking failed: {0}")]
     Link(String),
 }
 
-impl From<rusqlite::Error> for ClientError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Local(format!("sqlite: {e}"))
-    }
-}
-
 impl ClientError {
+    /// A file of this device's own: a failure here is this device's, never the
+    /// sender's, so an entry that meets it is retried rather than recorded as failed.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            Self::Storage(_)
+                | Self::File { .. }
+                | Self::Corrupt(_)
+                | Self::Task(_)
+                | Self::Tls(_)
+                | Self::Local(_)
+        )
+    }
+
+    /// A [`ClientError::File`].
+    pub(crate) fn file(
+        action: &'static str,
+        path: &std::path::Path,
+        source: std::io::Error,
+    ) -> Self {
+        Self::File {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
     /// The server's error code, if the server refused.
     pub fn server_code(&self) -> Option<ErrorCode> {
         match self {
             Self::Server { code, .. } => Some(*code),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::ClientError;
+
+    #[test]
+    fn local_errors_keep_their_cause_and_say_where() {
+        let e = ClientError::file(
+            "open",
+            std::path::Path::new("/nowhere/file"),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        );
+        assert_eq!(e.to_string(), "cannot open /nowhere/file: no such file");
+        let cause = e.source().expect("the io error is kept");
+        assert_eq!(cause.to_string(), "no such file");
+        assert!(e.is_local());
+
+        let e = ClientError::from(rusqlite::Error::InvalidQuery);
+        assert!(e.source().is_some() && e.is_local());
+        assert!(
+            !ClientError::Contention {
+                operation: "sending"
+            }
+            .is_local()
+        );
     }
 }

@@ -99,7 +99,7 @@ impl Transport {
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Local(format!("TLS set-up failed: {e}")))?
+        .map_err(ClientError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
         Ok(std::sync::Arc::new(config))
@@ -417,11 +417,11 @@ impl Transport {
     ) -> Result<String, ClientError> {
         let file = tokio::fs::File::open(path)
             .await
-            .map_err(|e| ClientError::Local(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| ClientError::file("open", path, e))?;
         let len = file
             .metadata()
             .await
-            .map_err(|e| ClientError::Local(format!("cannot read {}: {e}", path.display())))?
+            .map_err(|e| ClientError::file("read", path, e))?
             .len();
         let resp = self
             .http
@@ -464,8 +464,7 @@ impl Transport {
                 )),
             };
         }
-        let local =
-            |e: std::io::Error| ClientError::Local(format!("cannot write {}: {e}", path.display()));
+        let local = |e: std::io::Error| ClientError::file("write", path, e);
         let mut file = tokio::fs::File::create(path).await.map_err(local)?;
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.network(&e))? {
             file.write_all(&chunk).await.map_err(local)?;

@@ -6,7 +6,7 @@ use super::*;
 pub(super) fn queue(tx: &ProfileTx<'_>, events: &[Event]) -> Result<(), ClientError> {
     for e in events {
         let json = serde_json::to_string(e)
-            .map_err(|e| ClientError::Local(format!("cannot queue an event: {e}")))?;
+            .map_err(|e| ClientError::Local(format!("cannot encode an event: {e}")))?;
         tx.queue_event(&json)?;
     }
     Ok(())

@@ -12,7 +12,7 @@ impl Client {
                 .iter()
                 .map(|json| {
                     serde_json::from_str(json)
-                        .map_err(|e| ClientError::Local(format!("a queued event is corrupt: {e}")))
+                        .map_err(|e| ClientError::Corrupt(format!("a queued event ({e})")))
                 })
                 .collect::<Result<Vec<Event>, _>>()
         })?;
@@ -64,7 +64,7 @@ impl Client {
         });
         match processed {
             Ok(()) => Ok(()),
-            Err(ClientError::Local(e)) => Err(ClientError::Local(e)),
+            Err(e) if e.is_local() => Err(e),
             Err(e) => {
                 let reason = e.to_string();
                 let security = security_of(&e);

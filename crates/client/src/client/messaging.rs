@@ -39,8 +39,7 @@ impl Client {
         }
         let key: [u8; 32] = self.read(rng_bytes::<32>)?;
         let staging = self.home.join("outgoing");
-        std::fs::create_dir_all(&staging)
-            .map_err(|e| ClientError::Local(format!("cannot create {}: {e}", staging.display())))?;
+        std::fs::create_dir_all(&staging).map_err(|e| ClientError::file("create", &staging, e))?;
         let sealed_path = staging.join(format!(
             "{}.sealed",
             sotto_proto::ids::to_hex(&self.read(rng_bytes::<16>)?)
@@ -49,8 +48,7 @@ impl Client {
             let (input, output) = (path.to_path_buf(), sealed_path.clone());
             let sealed =
                 tokio::task::spawn_blocking(move || attachment::seal_file(&key, &input, &output))
-                    .await
-                    .map_err(|e| ClientError::Local(format!("encryption task failed: {e}")))??;
+                    .await??;
             let blob_id = self
                 .transport
                 .upload_blob(&account.token, &sealed_path)
@@ -92,7 +90,7 @@ impl Client {
             .and_then(|a| serde_json::from_str(a).ok())
             .ok_or_else(|| ClientError::Usage(format!("message {message_id} has no attachment")))?;
         let field = |k: &str| meta[k].as_str().map(str::to_owned);
-        let corrupt = || ClientError::Local("a stored attachment pointer is corrupt".into());
+        let corrupt = || ClientError::Corrupt("a stored attachment pointer".into());
         let blob_id = field("blob_id").ok_or_else(corrupt)?;
         let key: [u8; 32] = field("key")
             .and_then(|k| sotto_proto::b64::decode(&k).ok())
@@ -113,12 +111,10 @@ impl Client {
             .filter(|n| !n.starts_with('.'))
             .unwrap_or_else(|| format!("attachment-{message_id}"));
         let dir = dir.map_or_else(|| self.home.join("attachments"), Path::to_path_buf);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ClientError::Local(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| ClientError::file("create", &dir, e))?;
         let target = unused_path(&dir, &name);
         let sealed = self.home.join("incoming");
-        std::fs::create_dir_all(&sealed)
-            .map_err(|e| ClientError::Local(format!("cannot create {}: {e}", sealed.display())))?;
+        std::fs::create_dir_all(&sealed).map_err(|e| ClientError::file("create", &sealed, e))?;
         let sealed = sealed.join(format!("{blob_id}.sealed"));
         let result = async {
             self.transport
@@ -131,8 +127,7 @@ impl Client {
                 }
                 attachment::open_file(&key, &input, &output, size)
             })
-            .await
-            .map_err(|e| ClientError::Local(format!("decryption task failed: {e}")))?
+            .await?
         }
         .await;
         let _ = std::fs::remove_file(&sealed);

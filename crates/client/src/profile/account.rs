@@ -23,7 +23,7 @@ impl ProfileTx<'_> {
         self.meta(key)?
             .map(|v| {
                 String::from_utf8(v)
-                    .map_err(|_| ClientError::Local(format!("profile setting {key} is corrupt")))
+                    .map_err(|_| ClientError::Corrupt(format!("profile setting {key}")))
             })
             .transpose()
     }
@@ -50,7 +50,7 @@ impl ProfileTx<'_> {
         let Some(username) = self.meta_text("username")? else {
             return Ok(None);
         };
-        let corrupt = |what: &str| ClientError::Local(format!("the profile's {what} is corrupt"));
+        let corrupt = |what: &str| ClientError::Corrupt(format!("the profile's {what}"));
         let username = Username::parse(&username).map_err(|_| corrupt("username"))?;
         let cert = self
             .meta("certificate")?

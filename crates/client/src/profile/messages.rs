@@ -73,7 +73,7 @@ impl ProfileTx<'_> {
                 r.get::<_, Option<i64>>(12)?,
             ))
         })?;
-        let corrupt = || ClientError::Local("a stored message is corrupt".into());
+        let corrupt = || ClientError::Corrupt("a stored message".into());
         rows.map(|row| {
             let (
                 c,

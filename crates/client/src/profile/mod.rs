@@ -140,12 +140,8 @@ impl std::fmt::Debug for Profile {
 impl Profile {
     /// Opens (creating if needed) the profile database in `home`.
     pub fn open(home: &Path) -> Result<Self, ClientError> {
-        std::fs::create_dir_all(home).map_err(|e| {
-            ClientError::Local(format!(
-                "cannot create the profile directory {}: {e}",
-                home.display()
-            ))
-        })?;
+        std::fs::create_dir_all(home)
+            .map_err(|e| ClientError::file("create the profile directory", home, e))?;
         // The profile holds the account's private keys: only its owner may read it.
         restrict(home, 0o700)?;
         let path = home.join("profile.db");
@@ -251,7 +247,7 @@ fn i(v: u64) -> i64 {
 
 fn conv_id(bytes: &[u8]) -> Result<ConversationId, ClientError> {
     ConversationId::from_slice(bytes)
-        .ok_or_else(|| ClientError::Local("a stored conversation id is corrupt".into()))
+        .ok_or_else(|| ClientError::Corrupt("a stored conversation id".into()))
 }
 
 impl<'t> ProfileTx<'t> {
@@ -275,9 +271,8 @@ fn restrict(path: &Path, mode: u32) -> Result<(), ClientError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-            ClientError::Local(format!("cannot restrict access to {}: {e}", path.display()))
-        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| ClientError::file("restrict access to", path, e))?;
     }
     #[cfg(not(unix))]
     let _ = (path, mode);

@@ -20,7 +20,7 @@ impl ProfileTx<'_> {
             let key: [u8; 32] = k
                 .as_slice()
                 .try_into()
-                .map_err(|_| ClientError::Local("a pinned identity key is corrupt".into()))?;
+                .map_err(|_| ClientError::Corrupt("a pinned identity key".into()))?;
             Ok((IdentityPublicKey::from_bytes(key), v))
         })
         .transpose()
