@@ -247,21 +247,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--home`, else `$XDG_DATA_HOME/sotto`, else `~/.local/share/sotto`.
+/// `--home`, else the platform's data directory: `$XDG_DATA_HOME/sotto` or
+/// `~/.local/share/sotto` on Linux.
 fn home(cli: &Cli) -> Result<PathBuf, Failure> {
     if let Some(h) = &cli.home {
         return Ok(h.clone());
     }
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d).join("sotto"));
-    }
-    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        Some(h) => Ok(PathBuf::from(h).join(".local/share/sotto")),
-        None => Err(Failure {
+    dirs::data_dir()
+        .map(|d| d.join("sotto"))
+        .ok_or_else(|| Failure {
             message: "no profile directory: pass --home DIR or set SOTTO_HOME".into(),
             code: 2,
-        }),
-    }
+        })
 }
 
 /// Prints one result: JSON, or the human line.

@@ -568,3 +568,29 @@ fn a_conversation_that_keeps_changing_exits_6() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("  6  busy"), "{help}");
 }
+
+/// Without `--home`, the profile lives in the platform's data directory
+/// (`$XDG_DATA_HOME/sotto` on Linux).
+#[test]
+fn the_default_profile_is_in_the_data_directory() {
+    let server = TestServer::start().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .args(["--server", server.url(), "--json", "register", "xdg-user"])
+        .env_remove("SOTTO_HOME")
+        .env_remove("SOTTO_SERVER")
+        .env("XDG_DATA_HOME", data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let profile = data.path().join("sotto");
+    assert!(
+        profile.is_dir() && std::fs::read_dir(&profile).unwrap().next().is_some(),
+        "no profile in {}",
+        profile.display()
+    );
+}

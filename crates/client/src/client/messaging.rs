@@ -234,22 +234,9 @@ pub(super) fn unused_path(dir: &Path, name: &str) -> PathBuf {
 
 /// A media type from the file extension (the receiver only uses it as a hint).
 pub(super) fn media_type(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "pdf" => "application/pdf",
-        "txt" => "text/plain",
-        "mp4" => "video/mp4",
-        "mp3" => "audio/mpeg",
-        "ogg" => "audio/ogg",
-        _ => "application/octet-stream",
-    }
+    mime_guess::from_path(name)
+        .first_raw()
+        .unwrap_or("application/octet-stream")
 }
 
 pub(super) fn parse_message_id(s: &str) -> Result<MessageId, ClientError> {
