@@ -243,3 +243,16 @@ pub(super) fn parse_message_id(s: &str) -> Result<MessageId, ClientError> {
     s.parse()
         .map_err(|_| ClientError::Usage(format!("{s:?} is not a message id")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::media_type;
+
+    #[test]
+    fn media_types_come_from_the_extension() {
+        assert_eq!(media_type("photo.PNG"), "image/png");
+        assert_eq!(media_type("clip.mp4"), "video/mp4");
+        assert_eq!(media_type("report.pdf"), "application/pdf");
+        assert_eq!(media_type("no-extension"), "application/octet-stream");
+    }
+}
