@@ -230,8 +230,7 @@ impl Client {
         id: ConversationId,
         users: &[Username],
     ) -> Result<(), ClientError> {
-        let account = self.account()?;
-        self.catch_up().await?;
+        let account = self.outbound().await?;
         for _ in 0..COMMIT_RETRIES {
             // Which devices are missing? (Own devices other than this one, all of theirs.)
             let roster = self.read(|tx| Ok(load(tx, id)?.roster()?))?;
@@ -331,8 +330,7 @@ impl Client {
                     .map_err(|e| ClientError::Usage(format!("invalid username {m:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let account = self.account()?;
-        self.catch_up().await?;
+        let account = self.outbound().await?;
         for _ in 0..COMMIT_RETRIES {
             let out = self.write(|tx| {
                 Ok(load(tx, id)?.remove_users(&tx.provider(), &account.device, &users)?)
@@ -350,11 +348,8 @@ impl Client {
     /// (MLS lets only another member commit it; their clients do so when they next
     /// sync) and stops showing the conversation here at once.
     pub async fn leave(&self, conversation: &str) -> Result<(), ClientError> {
-        let account = self.account()?;
-        let id: ConversationId = conversation
-            .parse()
-            .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
-        self.catch_up().await?;
+        let id = self.find_conversation(conversation).await?;
+        let account = self.outbound().await?;
         match self.read(|tx| tx.conversation(id))? {
             None => return Err(ClientError::UnknownConversation(conversation.to_owned())),
             Some(c) if !c.active => return Ok(()),
@@ -378,9 +373,7 @@ impl Client {
         &self,
         conversation: &str,
     ) -> Result<Vec<(Username, Vec<DeviceId>)>, ClientError> {
-        let id: ConversationId = conversation
-            .parse()
-            .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
+        let id = self.find_conversation(conversation).await?;
         self.catch_up().await?;
         let roster = self.read(|tx| Ok(load(tx, id)?.roster()?))?;
         Ok(roster.users().into_iter().collect())

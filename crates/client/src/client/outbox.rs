@@ -3,6 +3,16 @@
 use super::*;
 
 impl Client {
+    /// Where every outbound operation starts: this account, caught up with its
+    /// mailbox, so that what it sends is made in the group's current epoch (a message
+    /// encrypted in an epoch that already ended would not reach members added since,
+    /// and a commit for it would be refused).
+    pub(super) async fn outbound(&self) -> Result<Account, ClientError> {
+        let account = self.account()?;
+        self.catch_up().await?;
+        Ok(account)
+    }
+
     /// Sends a staged commit. `Ok(true)` when accepted and applied; `Ok(false)` when
     /// another commit won the epoch (the staged one is dropped and pending entries are
     /// applied, so the caller rebuilds and retries).
@@ -73,10 +83,7 @@ impl Client {
         id: ConversationId,
         content: Content,
     ) -> Result<Sent, ClientError> {
-        let account = self.account()?;
-        // Catch up first: a message encrypted in an epoch that already ended would not
-        // reach members added since.
-        self.catch_up().await?;
+        let account = self.outbound().await?;
         let now_ms = self.now_ms();
         let now = now_ms / 1000;
         let message_id = self.read(|tx| {
