@@ -222,8 +222,15 @@ impl From<ClientError> for Failure {
             ClientError::Contention { .. } => 6,
             _ => 1,
         };
+        // The SDK's messages name no commands; the CLI adds what to type next.
+        let hint = match &e {
+            ClientError::NotRegistered => ": run `sotto register USERNAME`",
+            ClientError::AlreadyRegistered(_) => " (use another --home)",
+            ClientError::UnknownConversation(_) => "; see `sotto conversations`",
+            _ => "",
+        };
         Self {
-            message: e.to_string(),
+            message: format!("{e}{hint}"),
             code,
         }
     }

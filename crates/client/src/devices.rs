@@ -262,7 +262,7 @@ impl Client {
             .await?;
         if info.device_list.device(device).is_none() {
             return Err(ClientError::Usage(format!(
-                "{device} is not one of your devices (see `sotto devices`)"
+                "{device} is not one of your devices"
             )));
         }
         let certs: Vec<DeviceCertificate> = info

@@ -9,10 +9,10 @@ use sotto_core::{ConversationError, Refusal};
 #[non_exhaustive]
 pub enum ClientError {
     /// This profile has no account yet.
-    #[error("this profile has no account: run `sotto register USERNAME` first")]
+    #[error("this profile has no account: register one first")]
     NotRegistered,
     /// This profile already has an account.
-    #[error("this profile already has an account ({0}); use another --home for another account")]
+    #[error("this profile already has an account ({0}); another account needs another profile")]
     AlreadyRegistered(String),
     /// The user does not exist on the server.
     #[error("no user named {0} exists on the server")]
@@ -21,7 +21,7 @@ pub enum ClientError {
     #[error("the username {0} is already taken: pick another")]
     UsernameTaken(String),
     /// No conversation matches.
-    #[error("no conversation {0} in this profile: see `sotto conversations`")]
+    #[error("no conversation {0} in this profile")]
     UnknownConversation(String),
     /// What the person typed names several conversations.
     #[error("{input:?} names {} conversations: {}; use more of the id", candidates.len(), candidates.join(", "))]
@@ -168,5 +168,24 @@ mod tests {
             }
             .is_local()
         );
+    }
+
+    #[test]
+    fn sdk_messages_name_no_cli_commands_or_flags() {
+        for e in [
+            ClientError::NotRegistered,
+            ClientError::AlreadyRegistered("alice".into()),
+            ClientError::UnknownConversation("club".into()),
+            ClientError::UnknownUser("bob".into()),
+            ClientError::UsernameTaken("bob".into()),
+            ClientError::Contention {
+                operation: "sending",
+            },
+            ClientError::Replaced,
+            ClientError::DeviceRemoved,
+        ] {
+            let text = e.to_string();
+            assert!(!text.contains("sotto ") && !text.contains("--"), "{text}");
+        }
     }
 }

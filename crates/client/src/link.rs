@@ -74,8 +74,7 @@ impl LinkCode {
             .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
             .ok_or_else(|| {
                 ClientError::Usage(
-                    "that is not a link code: copy the whole code `sotto link start` printed"
-                        .into(),
+                    "that is not a link code: copy the whole code the new device printed".into(),
                 )
             })?;
         Ok(Self { secret: bytes })
