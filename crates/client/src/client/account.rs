@@ -8,8 +8,7 @@ impl Client {
     /// Creates the account and this device on the server, and uploads KeyPackages.
     #[tracing::instrument(name = "register", skip_all)]
     pub async fn register(&self, username: &str) -> Result<WhoAmI, ClientError> {
-        let username = Username::parse(username)
-            .map_err(|e| ClientError::Usage(format!("invalid username: {e}")))?;
+        let username = super::username(username)?;
         if let Some(a) = self.read(|tx| tx.account())? {
             return Err(ClientError::AlreadyRegistered(a.username.to_string()));
         }
@@ -81,8 +80,7 @@ impl Client {
     /// The safety number with `username` (fetching and pinning their key on first use).
     pub async fn safety_number(&self, username: &str) -> Result<SafetyNumber, ClientError> {
         let account = self.account()?;
-        let user = Username::parse(username)
-            .map_err(|e| ClientError::Usage(format!("invalid username: {e}")))?;
+        let user = super::username(username)?;
         let pinned = match self.read(|tx| tx.contact(&user))? {
             Some((key, _)) => key,
             None => {
@@ -102,8 +100,7 @@ impl Client {
     /// (and nothing marked) if it does not.
     pub async fn verify(&self, username: &str, number: &str) -> Result<bool, ClientError> {
         let safety = self.safety_number(username).await?;
-        let user = Username::parse(username)
-            .map_err(|e| ClientError::Usage(format!("invalid username: {e}")))?;
+        let user = super::username(username)?;
         if !safety.matches_digits(number) {
             return Ok(false);
         }
@@ -113,8 +110,7 @@ impl Client {
 
     /// Whether `username` is verified.
     pub fn is_verified(&self, username: &str) -> Result<bool, ClientError> {
-        let user = Username::parse(username)
-            .map_err(|e| ClientError::Usage(format!("invalid username: {e}")))?;
+        let user = super::username(username)?;
         Ok(self.read(|tx| tx.contact(&user))?.is_some_and(|(_, v)| v))
     }
 }

@@ -119,13 +119,7 @@ impl Client {
         name: &str,
         members: &[String],
     ) -> Result<ConversationId, ClientError> {
-        let users = members
-            .iter()
-            .map(|m| {
-                Username::parse(m)
-                    .map_err(|e| ClientError::Usage(format!("invalid username {m:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let users = usernames(members)?;
         let id = ConversationId::from_bytes(self.read(rng_bytes::<16>)?);
         self.start(
             StoredConversation {
@@ -201,13 +195,7 @@ impl Client {
         users: &[String],
     ) -> Result<(), ClientError> {
         let id = self.resolve_existing(conversation).await?;
-        let users = users
-            .iter()
-            .map(|m| {
-                Username::parse(m)
-                    .map_err(|e| ClientError::Usage(format!("invalid username {m:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let users = usernames(users)?;
         self.add_users(id, &users).await
     }
 
@@ -323,13 +311,7 @@ impl Client {
         users: &[String],
     ) -> Result<(), ClientError> {
         let id = self.resolve_existing(conversation).await?;
-        let users = users
-            .iter()
-            .map(|m| {
-                Username::parse(m)
-                    .map_err(|e| ClientError::Usage(format!("invalid username {m:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let users = usernames(users)?;
         let account = self.outbound().await?;
         for _ in 0..COMMIT_RETRIES {
             let out = self.write(|tx| {

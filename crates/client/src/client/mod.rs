@@ -304,6 +304,16 @@ impl Client {
     }
 }
 
+/// A username as a person typed it.
+pub(crate) fn username(text: &str) -> Result<Username, ClientError> {
+    Username::parse(text).map_err(|e| ClientError::Usage(format!("invalid username {text:?}: {e}")))
+}
+
+/// Usernames as a person typed them.
+fn usernames(texts: &[String]) -> Result<Vec<Username>, ClientError> {
+    texts.iter().map(|t| username(t)).collect()
+}
+
 /// Loads a conversation that must exist.
 pub(crate) fn load(tx: &ProfileTx<'_>, id: ConversationId) -> Result<Conversation, ClientError> {
     Conversation::load(&tx.provider(), id)?
