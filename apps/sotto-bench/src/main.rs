@@ -622,7 +622,7 @@ async fn relay(args: &Args, addr: SocketAddr) -> Res<Value> {
 }
 
 async fn e2e(args: &Args) -> Res<Value> {
-    use sotto_client::{Client, Event};
+    use sotto_client::{Client, Event, Recipient, Username};
     let tag = run_tag();
     let homes = tempfile::tempdir().map_err(|e| e.to_string())?;
     let epoch0 = Instant::now();
@@ -639,35 +639,37 @@ async fn e2e(args: &Args) -> Res<Value> {
         let open = |who: String| {
             Client::open(&homes.path().join(&who), &args.server).map_err(|e| e.to_string())
         };
+        let username = |text: String| text.parse::<Username>().map_err(|e| e.to_string());
         let sender = open(format!("s{i}"))?;
         sender
-            .register(&format!("b{tag}s{i}"))
+            .register(&username(format!("b{tag}s{i}"))?)
             .await
             .map_err(|e| e.to_string())?;
         let mut names = Vec::new();
         let mut recipients = Vec::new();
         for j in 1..per_group {
-            let name = format!("b{tag}r{i}x{j}");
+            let name = username(format!("b{tag}r{i}x{j}"))?;
             let client = open(format!("r{i}x{j}"))?;
             client.register(&name).await.map_err(|e| e.to_string())?;
             names.push(name);
             recipients.push(Arc::new(client));
         }
-        // One-to-one: the recipient's name (the first message sets the conversation
-        // up). A group: created once, then addressed by id.
-        let target = if per_group == 2 {
-            names[0].clone()
+        // One-to-one: the recipient (the first message sets the conversation up). A
+        // group: created first. Either way, then addressed by conversation id.
+        let first = if per_group == 2 {
+            Recipient::User(names[0].clone())
         } else {
             sender
                 .create_group(&format!("bench {i}"), &names)
                 .await
                 .map_err(|e| e.to_string())?
-                .to_string()
+                .into()
         };
-        sender
-            .send_text(&target, "0")
+        let target = sender
+            .send_text(first, "0")
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .conversation;
         for r in recipients {
             let (st, mut stop) = (Arc::clone(&stats), stop_tx.subscribe());
             tasks.push(tokio::spawn(async move {
@@ -712,7 +714,7 @@ async fn e2e(args: &Args) -> Res<Value> {
                 if text.len() < payload {
                     text.push_str(&"x".repeat(payload - text.len()));
                 }
-                match sender.send_text(&target, &text).await {
+                match sender.send_text(target, &text).await {
                     Ok(_) => {
                         if stats.counting.load(Ordering::Relaxed) {
                             stats.accepted.fetch_add(1, Ordering::Relaxed);

@@ -14,7 +14,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Running, start};
+use common::{Running, name, start};
 use sotto_client::{Client, ClientError, Event};
 use sotto_server_store::suite::service_missing;
 use sotto_server_store_postgres::scratch::Scratch;
@@ -143,9 +143,9 @@ impl Listening {
     }
 }
 
-async fn registered(homes: &std::path::Path, name: &str, node: &Running) -> Client {
-    let client = Client::open(&homes.join(name), &format!("http://{}", node.addr)).unwrap();
-    client.register(name).await.unwrap();
+async fn registered(homes: &std::path::Path, who: &str, node: &Running) -> Client {
+    let client = Client::open(&homes.join(who), &format!("http://{}", node.addr)).unwrap();
+    client.register(&name(who)).await.unwrap();
     client
 }
 
@@ -167,22 +167,24 @@ async fn two_nodes_deliver_in_real_time_and_survive_losing_one() {
     let mut carol = listen(carol);
 
     // 1:1 across nodes, both ways, each delivered as it is sent.
-    alice.client.send_text("bob", "hi bob").await.unwrap();
+    alice.client.send_text(name("bob"), "hi bob").await.unwrap();
     assert_eq!(bob.next().await, "hi bob");
-    bob.client.send_text("alice", "hi alice").await.unwrap();
+    bob.client
+        .send_text(name("alice"), "hi alice")
+        .await
+        .unwrap();
     assert_eq!(alice.next().await, "hi alice");
 
     // A group spanning both nodes.
     let group = alice
         .client
-        .create_group("club", &["bob".into(), "carol".into()])
+        .create_group("club", &[name("bob"), name("carol")])
         .await
-        .unwrap()
-        .to_string();
-    alice.client.send_text(&group, "hello club").await.unwrap();
+        .unwrap();
+    alice.client.send_text(group, "hello club").await.unwrap();
     assert_eq!(bob.next().await, "hello club");
     assert_eq!(carol.next().await, "hello club");
-    carol.client.send_text(&group, "carol here").await.unwrap();
+    carol.client.send_text(group, "carol here").await.unwrap();
     assert_eq!(alice.next().await, "carol here");
     assert_eq!(bob.next().await, "carol here");
 
@@ -190,7 +192,7 @@ async fn two_nodes_deliver_in_real_time_and_survive_losing_one() {
     for i in 0..5 {
         alice
             .client
-            .send_text("bob", &format!("before the crash {i}"))
+            .send_text(name("bob"), &format!("before the crash {i}"))
             .await
             .unwrap();
     }
@@ -203,11 +205,11 @@ async fn two_nodes_deliver_in_real_time_and_survive_losing_one() {
     let mut alice_client = alice.stop().await;
     for i in 0..3 {
         bob.client
-            .send_text("alice", &format!("while you were away {i}"))
+            .send_text(name("alice"), &format!("while you were away {i}"))
             .await
             .unwrap();
     }
-    carol.client.send_text(&group, "still here").await.unwrap();
+    carol.client.send_text(group, "still here").await.unwrap();
     assert_eq!(bob.next().await, "still here");
     alice_client
         .set_server(&format!("http://{}", node2.addr))
@@ -227,9 +229,12 @@ async fn two_nodes_deliver_in_real_time_and_survive_losing_one() {
         ]
     );
     // And she is live on node 2 now.
-    bob.client.send_text("alice", "welcome back").await.unwrap();
+    bob.client
+        .send_text(name("alice"), "welcome back")
+        .await
+        .unwrap();
     assert_eq!(alice.next().await, "welcome back");
-    alice.client.send_text(&group, "thanks").await.unwrap();
+    alice.client.send_text(group, "thanks").await.unwrap();
     assert_eq!(bob.next().await, "thanks");
     assert_eq!(carol.next().await, "thanks");
 
@@ -360,7 +365,7 @@ async fn a_message_acknowledged_by_a_node_that_dies_at_once_is_delivered() {
                 link.black_hole();
             }
             let text = format!("round {round} ({death:?})");
-            client.send_text("bob", &text).await.unwrap();
+            client.send_text(name("bob"), &text).await.unwrap();
             // The 202 is in: the node dies now.
             if matches!(death, Death::Host) {
                 link.black_hole();

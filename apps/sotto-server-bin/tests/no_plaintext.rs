@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{contains, data_files, http, register, start};
+use common::{contains, data_files, http, name, register, start};
 use sotto_client::Client;
 
 const SENTINEL: &str = "SENTINEL-PLAINTEXT-b3f1c2d4e5";
@@ -38,9 +38,9 @@ fn run(log_level: Option<&str>) -> (Vec<u8>, String) {
     runtime.block_on(async {
         let alice = Client::open(&homes.path().join("alice"), &url).unwrap();
         let bob = Client::open(&homes.path().join("bob"), &url).unwrap();
-        alice.register("alice").await.unwrap();
-        bob.register("bob").await.unwrap();
-        alice.send_text("bob", SENTINEL).await.unwrap();
+        alice.register(&name("alice")).await.unwrap();
+        bob.register(&name("bob")).await.unwrap();
+        alice.send_text(name("bob"), SENTINEL).await.unwrap();
         // Before bob fetches it: stored as ciphertext only.
         scan_files(&dir.path().join("data"), &[("the plaintext sentinel", SENTINEL.as_bytes()), ("a device token", carol.token.as_bytes())]);
         let events = bob.sync().await.unwrap();

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use sotto_client::{Client, ClientError, Event, StoredMessage};
+use sotto_client::{
+    Client, ClientError, DeviceId, Event, LinkCode, MessageId, StoredMessage, Username,
+};
 
 const EXIT_CODES: &str = "Exit codes:
   0  success
@@ -53,7 +55,7 @@ enum Command {
     /// Create an account with this device.
     Register {
         /// 3-32 characters of a-z, 0-9, '.', '_' or '-'.
-        username: String,
+        username: Username,
     },
     /// Show this profile's username, device id and safety fingerprint.
     Whoami,
@@ -65,9 +67,9 @@ enum Command {
         #[command(subcommand)]
         command: Option<DevicesCommand>,
     },
-    /// Send a message to a user (1:1, created on first use) or a conversation id.
+    /// Send a message to a user (1:1, created on first use) or a conversation.
     Send {
-        /// A username or a conversation id.
+        /// A username, a group's name, or a conversation id (or its first digits).
         target: String,
         /// The text (the caption, with --file).
         #[arg(required_unless_present = "file")]
@@ -90,7 +92,7 @@ enum Command {
     Conversations,
     /// Show a conversation's stored messages, oldest first.
     History {
-        /// The conversation id.
+        /// A username, a group's name, or a conversation id (or its first digits).
         conversation: String,
     },
     /// Group conversations.
@@ -99,21 +101,21 @@ enum Command {
     /// Print the safety number with a user (compare it in person or on a call).
     SafetyNumber {
         /// The other user.
-        username: String,
+        username: Username,
     },
     /// Mark a user verified if the safety number matches.
     Verify {
         /// The other user.
-        username: String,
+        username: Username,
         /// The 60 digits (spaces allowed).
         number: String,
     },
     /// React to a message with an emoji.
     React {
-        /// The conversation id.
+        /// A username, a group's name, or a conversation id (or its first digits).
         conversation: String,
         /// The message id.
-        message: String,
+        message: MessageId,
         /// The emoji.
         emoji: String,
         /// Take the reaction back.
@@ -122,26 +124,27 @@ enum Command {
     },
     /// Edit one of your messages.
     Edit {
-        /// The conversation id.
+        /// A username, a group's name, or a conversation id (or its first digits).
         conversation: String,
         /// The message id.
-        message: String,
+        message: MessageId,
         /// The new text.
         text: String,
     },
     /// Delete one of your messages for everyone.
     Delete {
-        /// The conversation id.
+        /// A username, a group's name, or a conversation id (or its first digits).
         conversation: String,
         /// The message id.
-        message: String,
+        message: MessageId,
     },
     /// Set a conversation's disappearing-messages timer (e.g. 30s, 5m, 1h, 7d) or `off`.
     Disappearing {
-        /// The conversation id.
+        /// A username, a group's name, or a conversation id (or its first digits).
         conversation: String,
         /// A duration or `off`.
-        duration: String,
+        #[arg(value_parser = parse_timer)]
+        duration: Timer,
     },
 }
 
@@ -153,7 +156,7 @@ enum LinkCommand {
     /// On an existing device: approve the new device showing CODE.
     Approve {
         /// The code `sotto link start` printed.
-        code: String,
+        code: LinkCode,
     },
 }
 
@@ -162,7 +165,7 @@ enum DevicesCommand {
     /// Unlink one of this account's other devices (its access ends at once).
     Remove {
         /// The device id (see `sotto devices`).
-        device_id: String,
+        device_id: DeviceId,
     },
 }
 
@@ -174,32 +177,32 @@ enum GroupCommand {
         name: String,
         /// Members, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
-        members: Vec<String>,
+        members: Vec<Username>,
     },
     /// Add users to a group.
     Add {
-        /// The conversation id.
+        /// The group's name or id (or its first digits).
         conversation: String,
         /// Users to add.
         #[arg(required = true)]
-        users: Vec<String>,
+        users: Vec<Username>,
     },
     /// Remove users from a group.
     Remove {
-        /// The conversation id.
+        /// The group's name or id (or its first digits).
         conversation: String,
         /// Users to remove.
         #[arg(required = true)]
-        users: Vec<String>,
+        users: Vec<Username>,
     },
-    /// List a group's members and their devices.
+    /// List a conversation's members and their devices.
     Members {
-        /// The conversation id.
+        /// A username, a group's name, or a conversation id (or its first digits).
         conversation: String,
     },
     /// Leave a group.
     Leave {
-        /// The conversation id.
+        /// The group's name or id (or its first digits).
         conversation: String,
     },
 }
@@ -213,11 +216,20 @@ struct Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
-            ClientError::Usage(_)
-            | ClientError::Ambiguous { .. }
+            ClientError::Ambiguous { .. }
             | ClientError::NotRegistered
-            | ClientError::AlreadyRegistered(_) => 2,
-            ClientError::UnknownUser(_) | ClientError::UnknownConversation(_) => 3,
+            | ClientError::AlreadyRegistered(_)
+            | ClientError::NotOwnMessage(_)
+            | ClientError::NotAMember(_)
+            | ClientError::NoAttachment(_)
+            | ClientError::RemovingThisDevice
+            | ClientError::InvalidLinkCode
+            | ClientError::InvalidServer { .. }
+            | ClientError::CaCertificate(_) => 2,
+            ClientError::UnknownUser(_)
+            | ClientError::UnknownConversation(_)
+            | ClientError::UnknownMessage(_)
+            | ClientError::UnknownDevice(_) => 3,
             ClientError::Refused(_) => 5,
             ClientError::Contention { .. } => 6,
             _ => 1,
@@ -227,6 +239,9 @@ impl From<ClientError> for Failure {
             ClientError::NotRegistered => ": run `sotto register USERNAME`",
             ClientError::AlreadyRegistered(_) => " (use another --home)",
             ClientError::UnknownConversation(_) => "; see `sotto conversations`",
+            ClientError::UnknownDevice(_) => "; see `sotto devices`",
+            ClientError::UnknownMessage(_) => "; see `sotto history CONVERSATION`",
+            ClientError::CaCertificate(_) => " (check --ca-cert)",
             _ => "",
         };
         Self {
@@ -491,15 +506,16 @@ fn print_events(json_mode: bool, events: &[Event]) {
     }
 }
 
+/// A disappearing-messages timer: seconds, or `None` for off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timer(Option<u32>);
+
 /// `30s`, `5m`, `2h`, `7d`, a number of seconds, or `off`.
-fn parse_duration(s: &str) -> Result<Option<u32>, Failure> {
+fn parse_timer(s: &str) -> Result<Timer, String> {
     if s.eq_ignore_ascii_case("off") {
-        return Ok(None);
+        return Ok(Timer(None));
     }
-    let bad = || Failure {
-        message: format!("{s:?} is not a duration: use e.g. 30s, 5m, 1h, 7d or off"),
-        code: 2,
-    };
+    let bad = || format!("{s:?} is not a duration: use e.g. 30s, 5m, 1h, 7d or off");
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u32 = number.parse().map_err(|_| bad())?;
     let factor = match unit {
@@ -512,7 +528,7 @@ fn parse_duration(s: &str) -> Result<Option<u32>, Failure> {
     };
     match n.checked_mul(factor) {
         Some(0) | None => Err(bad()),
-        Some(secs) => Ok(Some(secs)),
+        Some(secs) => Ok(Timer(Some(secs))),
     }
 }
 
@@ -600,17 +616,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Devices {
             command: Some(DevicesCommand::Remove { device_id }),
         } => {
-            client.remove_device(&device_id).await?;
+            client.remove_device(device_id).await?;
             out(j, &json!({"device_id": device_id, "removed": true}), || {
                 format!("removed {device_id}")
             });
         }
         Command::Send { target, text, file } => {
+            let to = client.find_recipient(&target).await?;
             let sent = match (&file, &text) {
-                (Some(path), caption) => {
-                    client.send_file(&target, path, caption.as_deref()).await?
-                }
-                (None, Some(text)) => client.send_text(&target, text).await?,
+                (Some(path), caption) => client.send_file(to, path, caption.as_deref()).await?,
+                (None, Some(text)) => client.send_text(to, text).await?,
                 (None, None) => {
                     return Err(Failure {
                         message: "nothing to send: give a TEXT or --file PATH".into(),
@@ -685,7 +700,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::History { conversation } => {
-            for m in client.history(&conversation)? {
+            let id = client.find_conversation(&conversation).await?;
+            for m in client.history(id)? {
                 out(j, &message_json(&m), || message_line(&m));
             }
         }
@@ -717,9 +733,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             emoji,
             remove,
         } => {
-            let sent = client
-                .react(&conversation, &message, &emoji, remove)
-                .await?;
+            let id = client.find_conversation(&conversation).await?;
+            let sent = client.react(id, message, &emoji, remove).await?;
             out(
                 j,
                 &json!({"id": sent.id.to_string(), "conversation": sent.conversation.to_string()}),
@@ -731,7 +746,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             message,
             text,
         } => {
-            let sent = client.edit(&conversation, &message, &text).await?;
+            let id = client.find_conversation(&conversation).await?;
+            let sent = client.edit(id, message, &text).await?;
             out(
                 j,
                 &json!({"id": sent.id.to_string(), "conversation": sent.conversation.to_string()}),
@@ -742,7 +758,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             conversation,
             message,
         } => {
-            let sent = client.delete(&conversation, &message).await?;
+            let id = client.find_conversation(&conversation).await?;
+            let sent = client.delete(id, message).await?;
             out(
                 j,
                 &json!({"id": sent.id.to_string(), "conversation": sent.conversation.to_string()}),
@@ -753,11 +770,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             conversation,
             duration,
         } => {
-            let secs = parse_duration(&duration)?;
-            client.set_disappearing(&conversation, secs).await?;
+            let Timer(secs) = duration;
+            let id = client.find_conversation(&conversation).await?;
+            client.set_disappearing(id, secs).await?;
             out(
                 j,
-                &json!({"conversation": conversation, "seconds": secs}),
+                &json!({"conversation": id.to_string(), "seconds": secs}),
                 || match secs {
                     Some(s) => format!("messages now disappear after {s} s"),
                     None => "disappearing messages off".into(),
@@ -779,7 +797,7 @@ async fn save_attachments(
     for event in events {
         match event {
             Event::Message(mut m) if m.attachment.is_some() && !m.outgoing => {
-                match client.save_attachment(m.conversation, &m.id, dir).await {
+                match client.save_attachment(m.conversation, m.id, dir).await {
                     Ok(path) => {
                         if let Some(mut a) = m
                             .attachment
@@ -810,6 +828,10 @@ async fn save_attachments(
     out
 }
 
+fn names(users: &[Username]) -> Vec<String> {
+    users.iter().map(ToString::to_string).collect()
+}
+
 async fn group(client: &Client, j: bool, command: GroupCommand) -> Result<(), Failure> {
     match command {
         GroupCommand::Create { name, members } => {
@@ -822,10 +844,11 @@ async fn group(client: &Client, j: bool, command: GroupCommand) -> Result<(), Fa
             conversation,
             users,
         } => {
-            client.add_members(&conversation, &users).await?;
+            let id = client.find_conversation(&conversation).await?;
+            client.add_members(id, &users).await?;
             out(
                 j,
-                &json!({"conversation": conversation, "added": users}),
+                &json!({"conversation": id.to_string(), "added": names(&users)}),
                 || "added".into(),
             );
         }
@@ -833,21 +856,26 @@ async fn group(client: &Client, j: bool, command: GroupCommand) -> Result<(), Fa
             conversation,
             users,
         } => {
-            client.remove_members(&conversation, &users).await?;
+            let id = client.find_conversation(&conversation).await?;
+            client.remove_members(id, &users).await?;
             out(
                 j,
-                &json!({"conversation": conversation, "removed": users}),
+                &json!({"conversation": id.to_string(), "removed": names(&users)}),
                 || "removed".into(),
             );
         }
         GroupCommand::Members { conversation } => {
-            let members = client.members(&conversation).await?;
+            let id = client.find_conversation(&conversation).await?;
+            let members = client.members(id).await?;
             if j {
                 let list: Vec<Value> = members
                     .iter()
                     .map(|(u, ds)| json!({"user": u.to_string(), "devices": ds.iter().map(ToString::to_string).collect::<Vec<_>>()}))
                     .collect();
-                println!("{}", json!({"conversation": conversation, "members": list}));
+                println!(
+                    "{}",
+                    json!({"conversation": id.to_string(), "members": list})
+                );
             } else {
                 for (u, ds) in members {
                     let ds: Vec<String> = ds.iter().map(ToString::to_string).collect();
@@ -856,10 +884,11 @@ async fn group(client: &Client, j: bool, command: GroupCommand) -> Result<(), Fa
             }
         }
         GroupCommand::Leave { conversation } => {
-            client.leave(&conversation).await?;
+            let id = client.find_conversation(&conversation).await?;
+            client.leave(id).await?;
             out(
                 j,
-                &json!({"conversation": conversation, "left": true}),
+                &json!({"conversation": id.to_string(), "left": true}),
                 || "left".into(),
             );
         }
@@ -873,14 +902,33 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("off").ok().flatten(), None);
-        assert_eq!(parse_duration("30s").ok().flatten(), Some(30));
-        assert_eq!(parse_duration("90").ok().flatten(), Some(90));
-        assert_eq!(parse_duration("5m").ok().flatten(), Some(300));
-        assert_eq!(parse_duration("2h").ok().flatten(), Some(7200));
-        assert_eq!(parse_duration("7d").ok().flatten(), Some(604_800));
+        assert_eq!(parse_timer("off"), Ok(Timer(None)));
+        assert_eq!(parse_timer("30s"), Ok(Timer(Some(30))));
+        assert_eq!(parse_timer("90"), Ok(Timer(Some(90))));
+        assert_eq!(parse_timer("5m"), Ok(Timer(Some(300))));
+        assert_eq!(parse_timer("2h"), Ok(Timer(Some(7200))));
+        assert_eq!(parse_timer("7d"), Ok(Timer(Some(604_800))));
         for bad in ["", "0", "5x", "m", "-1s", "99999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+            assert!(parse_timer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn arguments_are_parsed_into_their_types() {
+        let cli = Cli::try_parse_from(["sotto", "register", "Alice"]).expect("parses");
+        assert!(
+            matches!(cli.command, Command::Register { username } if username.as_str() == "alice")
+        );
+        for bad in [
+            vec!["sotto", "register", "a"],
+            vec!["sotto", "react", "club", "not-a-message-id", "👍"],
+            vec!["sotto", "devices", "remove", "xyz"],
+            vec!["sotto", "link", "approve", "short"],
+            vec!["sotto", "group", "create", "club", "--members", "bob,!!"],
+            vec!["sotto", "disappearing", "club", "5x"],
+        ] {
+            let err = Cli::try_parse_from(&bad).expect_err("refused");
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
         }
     }
 }

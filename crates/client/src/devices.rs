@@ -117,9 +117,10 @@ impl Client {
         }
         self.write(|tx| {
             tx.save_account(&account)?;
-            let mut trust = tx.trust();
-            sotto_core::accept_device_list(&mut trust, &info.device_list)?;
-            trust.finish()
+            Ok(sotto_core::accept_device_list(
+                &mut tx.trust(),
+                &info.device_list,
+            )?)
         })?;
         self.top_up_key_packages(true).await?;
         let nonce = self.read(rng_bytes::<12>)?;
@@ -136,9 +137,8 @@ impl Client {
     /// it, publishes the new device list, hands it the account key through the relay,
     /// waits for it to be ready and adds it to every conversation. Answers its id.
     #[tracing::instrument(name = "link_approve", skip_all)]
-    pub async fn link_approve(&self, code: &str) -> Result<DeviceId, ClientError> {
+    pub async fn link_approve(&self, code: &LinkCode) -> Result<DeviceId, ClientError> {
         let account = self.account()?;
-        let code = LinkCode::parse(code)?;
         let sealed = self
             .transport
             .take_link(&code.request_slot())
@@ -182,11 +182,7 @@ impl Client {
         let token = published.new_device_token.ok_or_else(|| {
             ClientError::Link("the server did not issue a token for the new device".into())
         })?;
-        self.write(|tx| {
-            let mut trust = tx.trust();
-            sotto_core::accept_device_list(&mut trust, &list)?;
-            trust.finish()
-        })?;
+        self.write(|tx| Ok(sotto_core::accept_device_list(&mut tx.trust(), &list)?))?;
         let response = Response {
             username: account.username.clone(),
             identity_secret: account.identity.to_secret_bytes().to_vec(),
@@ -246,24 +242,17 @@ impl Client {
     /// Unlinks another device of this account: publishes a device list without it
     /// (the server revokes its token and drops its mailbox at once) and removes it
     /// from every conversation.
-    pub async fn remove_device(&self, device: &str) -> Result<(), ClientError> {
+    pub async fn remove_device(&self, device: DeviceId) -> Result<(), ClientError> {
         let account = self.account()?;
-        let device: DeviceId = device
-            .parse()
-            .map_err(|_| ClientError::Usage(format!("{device:?} is not a device id")))?;
         if device == account.device.device_id() {
-            return Err(ClientError::Usage(
-                "this is the device you are using: remove it from another device".into(),
-            ));
+            return Err(ClientError::RemovingThisDevice);
         }
         let info = self
             .transport
             .account(&account.token, &account.username)
             .await?;
         if info.device_list.device(device).is_none() {
-            return Err(ClientError::Usage(format!(
-                "{device} is not one of your devices"
-            )));
+            return Err(ClientError::UnknownDevice(device));
         }
         let certs: Vec<DeviceCertificate> = info
             .device_list
@@ -280,11 +269,7 @@ impl Client {
         self.transport
             .publish_devices(&account.token, &list)
             .await?;
-        self.write(|tx| {
-            let mut trust = tx.trust();
-            sotto_core::accept_device_list(&mut trust, &list)?;
-            trust.finish()
-        })?;
+        self.write(|tx| Ok(sotto_core::accept_device_list(&mut tx.trust(), &list)?))?;
         self.catch_up().await?;
         for c in self.read(|tx| tx.conversations())? {
             if !c.active {

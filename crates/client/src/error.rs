@@ -2,7 +2,8 @@
 //! and a UI can act on the kind.
 
 use sotto_api::ErrorCode;
-use sotto_core::{ConversationError, Refusal};
+use sotto_core::{ConversationError, Refusal, TrustError, TrustStoreError};
+use sotto_proto::{ConversationId, DeviceId, MessageId};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +32,38 @@ pub enum ClientError {
         /// Each candidate as `<id> (<name>)`.
         candidates: Vec<String>,
     },
-    /// The user typed something that cannot be right.
-    #[error("{0}")]
-    Usage(String),
+    /// No stored message has this id in the conversation.
+    #[error("no message {0} in this conversation")]
+    UnknownMessage(MessageId),
+    /// The message carries no attachment.
+    #[error("message {0} has no attachment")]
+    NoAttachment(MessageId),
+    /// Only the sender may edit or delete a message.
+    #[error("message {0} is someone else's: only your own messages can be edited or deleted")]
+    NotOwnMessage(MessageId),
+    /// This device left the conversation or was removed from it.
+    #[error("you are no longer a member of conversation {0}")]
+    NotAMember(ConversationId),
+    /// The device is not one of this account's devices.
+    #[error("{0} is not one of your devices")]
+    UnknownDevice(DeviceId),
+    /// A device cannot remove itself (another device of the account must).
+    #[error("this is the device you are using: remove it from another of your devices")]
+    RemovingThisDevice,
+    /// What was given is not a link code.
+    #[error("that is not a link code: copy the whole code the new device shows")]
+    InvalidLinkCode,
+    /// The server address cannot be used.
+    #[error("the server address {url:?} cannot be used: {reason}")]
+    InvalidServer {
+        /// The address.
+        url: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The extra CA certificate cannot be used.
+    #[error("the CA certificate is not a usable PEM certificate: {0}")]
+    CaCertificate(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The server refused the request.
     #[error("the server refused: {message} ({code})")]
     Server {
@@ -55,6 +85,9 @@ pub enum ClientError {
     /// A contact's keys were refused (ghost device, key substitution, rollback).
     #[error("refused for security: {0}")]
     Refused(#[from] Refusal),
+    /// The profile's trust store (pinned keys) could not be read or written.
+    #[error("local storage: {0}")]
+    TrustStore(#[from] TrustStoreError),
     /// Other members' commits kept winning the conversation's epoch while this
     /// operation retried (a busy group): nothing was changed; try again.
     #[error("the conversation kept changing while {operation}; nothing was changed, try again")]
@@ -105,6 +138,16 @@ pub enum ClientError {
     Link(String),
 }
 
+impl From<TrustError> for ClientError {
+    fn from(e: TrustError) -> Self {
+        match e {
+            TrustError::Refused(r) => Self::Refused(r),
+            TrustError::Store(e) => Self::TrustStore(e),
+            other => Self::Engine(ConversationError::Corrupt(other.to_string())),
+        }
+    }
+}
+
 impl ClientError {
     /// A file of this device's own: a failure here is this device's, never the
     /// sender's, so an entry that meets it is retried rather than recorded as failed.
@@ -112,6 +155,8 @@ impl ClientError {
         matches!(
             self,
             Self::Storage(_)
+                | Self::TrustStore(_)
+                | Self::Engine(ConversationError::TrustStore(_) | ConversationError::Storage(_))
                 | Self::File { .. }
                 | Self::Corrupt(_)
                 | Self::Task(_)

@@ -17,9 +17,10 @@ mod listen;
 mod profile;
 mod transport;
 
-pub use client::{Client, ConversationSummary, Event, Sent, WhoAmI};
+pub use client::{Client, ConversationSummary, Event, Recipient, Sent, WhoAmI};
 pub use devices::DeviceInfo;
 pub use error::ClientError;
+pub use link::LinkCode;
 pub use profile::{StoredConversation, StoredMessage};
 pub use sotto_api::ErrorCode;
 pub use sotto_proto::{ConversationId, DeviceId, MessageId, Username};

@@ -24,9 +24,18 @@ use sotto_proto::b64;
 
 use crate::error::ClientError;
 
-/// A parsed link code and what it derives.
-pub(crate) struct LinkCode {
+/// A one-time link code, as the new device shows it and the approving device reads
+/// it (`"…".parse::<LinkCode>()`). Whoever holds it can finish the link, so its
+/// `Debug` form hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LinkCode {
     secret: [u8; 32],
+}
+
+impl std::fmt::Debug for LinkCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkCode(..)")
+    }
 }
 
 /// Step 1: the new device introduces itself.
@@ -60,9 +69,16 @@ pub(crate) struct Ready {
     pub device_id: sotto_proto::DeviceId,
 }
 
+impl std::str::FromStr for LinkCode {
+    type Err = ClientError;
+    fn from_str(code: &str) -> Result<Self, Self::Err> {
+        Self::parse(code)
+    }
+}
+
 impl LinkCode {
     /// A code from 32 random bytes.
-    pub fn new(secret: [u8; 32]) -> Self {
+    pub(crate) fn new(secret: [u8; 32]) -> Self {
         Self { secret }
     }
 
@@ -72,11 +88,7 @@ impl LinkCode {
             .decode(code.trim())
             .ok()
             .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-            .ok_or_else(|| {
-                ClientError::Usage(
-                    "that is not a link code: copy the whole code the new device printed".into(),
-                )
-            })?;
+            .ok_or(ClientError::InvalidLinkCode)?;
         Ok(Self { secret: bytes })
     }
 
@@ -98,22 +110,22 @@ impl LinkCode {
     }
 
     /// The slot of step 1, 2 or 3.
-    pub fn request_slot(&self) -> String {
+    pub(crate) fn request_slot(&self) -> String {
         self.slot("request")
     }
     /// See [`LinkCode::request_slot`].
-    pub fn response_slot(&self) -> String {
+    pub(crate) fn response_slot(&self) -> String {
         self.slot("response")
     }
     /// See [`LinkCode::request_slot`].
-    pub fn ready_slot(&self) -> String {
+    pub(crate) fn ready_slot(&self) -> String {
         self.slot("ready")
     }
 
     /// Seals a payload: a fresh random nonce, then AES-256-GCM under the derived key,
     /// with the step's label as associated data (a payload cannot be replayed into
     /// another step).
-    pub fn seal<T: Serialize>(
+    pub(crate) fn seal<T: Serialize>(
         &self,
         step: &str,
         value: &T,
@@ -137,7 +149,7 @@ impl LinkCode {
     }
 
     /// Opens a sealed payload of `step`.
-    pub fn open<T: serde::de::DeserializeOwned>(
+    pub(crate) fn open<T: serde::de::DeserializeOwned>(
         &self,
         step: &str,
         sealed: &[u8],

@@ -91,9 +91,10 @@ impl Client {
         }
         let config = self.transport.tls_config().map_err(Ended::Fatal)?;
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
-            Ended::Fatal(ClientError::Usage(format!(
-                "{host} is not a valid server name"
-            )))
+            Ended::Fatal(ClientError::InvalidServer {
+                url: self.transport.base().to_owned(),
+                reason: "the host is not a valid TLS server name",
+            })
         })?;
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
@@ -128,14 +129,20 @@ impl Client {
                 format!("ws://{rest}{}?after={cursor}", paths::WEBSOCKET.template)
             }
             _ => {
-                return Ended::Fatal(ClientError::Usage(format!(
-                    "the server URL {base} must start with http:// or https://"
-                )));
+                return Ended::Fatal(ClientError::InvalidServer {
+                    url: base.to_owned(),
+                    reason: "it must start with http:// or https://",
+                });
             }
         };
         let mut request = match url.into_client_request() {
             Ok(r) => r,
-            Err(e) => return Ended::Fatal(ClientError::Usage(format!("bad server URL: {e}"))),
+            Err(_) => {
+                return Ended::Fatal(ClientError::InvalidServer {
+                    url: base.to_owned(),
+                    reason: "it is not a URL",
+                });
+            }
         };
         let Ok(auth) = format!("Bearer {}", account.token).parse() else {
             return Ended::Fatal(ClientError::Local(

@@ -54,6 +54,17 @@ impl Transport {
     /// A transport that also trusts the CA certificate(s) in `ca_pem` (for a server
     /// with a private or self-signed certificate), besides the public web roots.
     pub fn with_ca(base: &str, ca_pem: Option<Vec<u8>>) -> Result<Self, ClientError> {
+        let invalid = |reason| ClientError::InvalidServer {
+            url: base.to_owned(),
+            reason,
+        };
+        let url = reqwest::Url::parse(base).map_err(|_| invalid("it is not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("it must start with http:// or https://"));
+        }
+        if url.host_str().is_none() {
+            return Err(invalid("it names no host"));
+        }
         // rustls needs a process-wide crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
@@ -62,9 +73,9 @@ impl Transport {
             // (large transfers keep going as long as bytes keep flowing).
             .read_timeout(std::time::Duration::from_secs(60));
         if let Some(pem) = &ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
-                ClientError::Usage("the CA certificate file is not a PEM certificate".into())
-            })? {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::CaCertificate(Box::new(e)))?
+            {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -87,12 +98,10 @@ impl Transport {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(pem) = &self.ca_pem {
             for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|_| {
-                    ClientError::Usage("the CA certificate file is not a PEM certificate".into())
-                })?;
-                roots.add(cert).map_err(|e| {
-                    ClientError::Usage(format!("the CA certificate is not usable: {e}"))
-                })?;
+                let cert = cert.map_err(|e| ClientError::CaCertificate(Box::new(e)))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientError::CaCertificate(Box::new(e)))?;
             }
         }
         let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Server;
+use common::{Server, name};
 use sotto_client::{ClientError, Event};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -29,7 +29,7 @@ async fn files_of_0_b_1_mib_and_20_mib_round_trip_byte_exact() {
         std::fs::write(&path, &data).unwrap();
         let sent = alice
             .client
-            .send_file("bob", &path, Some("look"))
+            .send_file(common::name("bob"), &path, Some("look"))
             .await
             .unwrap();
 
@@ -40,10 +40,10 @@ async fn files_of_0_b_1_mib_and_20_mib_round_trip_byte_exact() {
         };
         assert_eq!(m.kind, "attachment");
         assert_eq!(m.text.as_deref(), Some("look"));
-        assert_eq!(m.id, sent.id.to_string());
+        assert_eq!(m.id, sent.id);
         let out = bob
             .client
-            .save_attachment(m.conversation, &m.id, None)
+            .save_attachment(m.conversation, m.id, None)
             .await
             .unwrap();
         assert_eq!(out.file_name().unwrap().to_str().unwrap(), name);
@@ -55,7 +55,7 @@ async fn files_of_0_b_1_mib_and_20_mib_round_trip_byte_exact() {
             data.len()
         );
         // The stored message now says where the file is.
-        let stored = bob.history(&m.conversation.to_string());
+        let stored = bob.history(m.conversation);
         let meta: serde_json::Value =
             serde_json::from_str(stored.last().unwrap().attachment.as_deref().unwrap()).unwrap();
         assert_eq!(meta["path"], out.to_str().unwrap());
@@ -80,7 +80,11 @@ async fn a_tampered_blob_is_refused_and_not_saved() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("secret.txt");
     std::fs::write(&path, pattern(200_000, 7)).unwrap();
-    alice.client.send_file("bob", &path, None).await.unwrap();
+    alice
+        .client
+        .send_file(name("bob"), &path, None)
+        .await
+        .unwrap();
     let events = bob.client.sync().await.unwrap();
     let Some(Event::Message(m)) = events.into_iter().find(|e| matches!(e, Event::Message(_)))
     else {
@@ -101,7 +105,7 @@ async fn a_tampered_blob_is_refused_and_not_saved() {
     let out = tempfile::tempdir().unwrap();
     let err = bob
         .client
-        .save_attachment(m.conversation, &m.id, Some(out.path()))
+        .save_attachment(m.conversation, m.id, Some(out.path()))
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::AttachmentDigest), "{err}");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Server, pairs};
+use common::{Server, name, pairs};
 use sotto_client::ClientError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,12 +13,19 @@ async fn one_to_one_both_ways() {
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
 
-    let sent = alice.client.send_text("bob", "hello bob").await.unwrap();
+    let sent = alice
+        .client
+        .send_text(name("bob"), "hello bob")
+        .await
+        .unwrap();
     assert_eq!(bob.texts().await, pairs(&[("alice", "hello bob")]));
-    let conv = sent.conversation.to_string();
+    let conv = sent.conversation;
     // bob answers in the same conversation, by username or by id.
-    bob.client.send_text("alice", "hi alice").await.unwrap();
-    bob.client.send_text(&conv, "how are you?").await.unwrap();
+    bob.client
+        .send_text(name("alice"), "hi alice")
+        .await
+        .unwrap();
+    bob.client.send_text(conv, "how are you?").await.unwrap();
     assert_eq!(
         alice.texts().await,
         pairs(&[
@@ -30,12 +37,12 @@ async fn one_to_one_both_ways() {
     );
     // Same conversation on both sides, same history.
     let a: Vec<_> = alice
-        .history(&conv)
+        .history(conv)
         .into_iter()
         .map(|m| (m.id, m.text, m.outgoing))
         .collect();
     let b: Vec<_> = bob
-        .history(&conv)
+        .history(conv)
         .into_iter()
         .map(|m| (m.id, m.text, !m.outgoing))
         .collect();
@@ -50,7 +57,11 @@ async fn one_to_one_both_ways() {
 async fn sending_to_an_unknown_user_is_a_clear_error() {
     let server = Server::start().await;
     let alice = server.user("alice").await;
-    let err = alice.client.send_text("nobody", "hi").await.unwrap_err();
+    let err = alice
+        .client
+        .send_text(name("nobody"), "hi")
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, ClientError::UnknownUser(ref u) if u == "nobody"),
         "{err}"
@@ -72,21 +83,20 @@ async fn group_of_four_with_members_added_and_removed() {
 
     let g = alice
         .client
-        .create_group("club", &["bob".into(), "carol".into(), "dave".into()])
+        .create_group("club", &[name("bob"), name("carol"), name("dave")])
         .await
-        .unwrap()
-        .to_string();
-    alice.client.send_text(&g, "welcome all").await.unwrap();
+        .unwrap();
+    alice.client.send_text(g, "welcome all").await.unwrap();
     for u in [&bob, &carol, &dave] {
         assert_eq!(u.texts().await, pairs(&[("alice", "welcome all")]));
     }
-    bob.client.send_text(&g, "thanks").await.unwrap();
+    bob.client.send_text(g, "thanks").await.unwrap();
     for u in [&alice, &carol, &dave] {
         assert_eq!(u.texts().await, pairs(&[("bob", "thanks")]));
     }
     let members: Vec<String> = carol
         .client
-        .members(&g)
+        .members(g)
         .await
         .unwrap()
         .into_iter()
@@ -97,10 +107,10 @@ async fn group_of_four_with_members_added_and_removed() {
     // dave is removed: he does not read what follows.
     carol
         .client
-        .remove_members(&g, &["dave".into()])
+        .remove_members(g, &[name("dave")])
         .await
         .unwrap();
-    alice.client.send_text(&g, "after dave left").await.unwrap();
+    alice.client.send_text(g, "after dave left").await.unwrap();
     assert!(dave.texts().await.is_empty());
     for u in [&bob, &carol] {
         assert_eq!(u.texts().await, pairs(&[("alice", "after dave left")]));
@@ -109,18 +119,14 @@ async fn group_of_four_with_members_added_and_removed() {
     assert!(!dave_view[0].conversation.active, "dave sees he is out");
 
     // erin is added: she reads what follows, not what came before.
-    bob.client.add_members(&g, &["erin".into()]).await.unwrap();
-    alice.client.send_text(&g, "hello erin").await.unwrap();
+    bob.client.add_members(g, &[name("erin")]).await.unwrap();
+    alice.client.send_text(g, "hello erin").await.unwrap();
     assert_eq!(erin.texts().await, pairs(&[("alice", "hello erin")]));
-    let erin_history: Vec<_> = erin
-        .history(&g)
-        .into_iter()
-        .filter_map(|m| m.text)
-        .collect();
+    let erin_history: Vec<_> = erin.history(g).into_iter().filter_map(|m| m.text).collect();
     assert_eq!(erin_history, ["hello erin"]);
     let members: Vec<String> = alice
         .client
-        .members(&g)
+        .members(g)
         .await
         .unwrap()
         .into_iter()
@@ -134,12 +140,12 @@ async fn an_offline_recipient_gets_everything_in_order() {
     let server = Server::start().await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
-    alice.client.send_text("bob", "first").await.unwrap();
+    alice.client.send_text(name("bob"), "first").await.unwrap();
     assert_eq!(bob.texts().await.len(), 1);
     // bob is offline for a while.
     let texts: Vec<String> = (0..20).map(|i| format!("message {i}")).collect();
     for t in &texts {
-        alice.client.send_text("bob", t).await.unwrap();
+        alice.client.send_text(name("bob"), t).await.unwrap();
     }
     let got: Vec<String> = bob.texts().await.into_iter().map(|(_, t)| t).collect();
     assert_eq!(got, texts);
@@ -154,29 +160,28 @@ async fn concurrent_group_changes_converge_after_retries() {
     let _dave = server.user("dave").await;
     let g = alice
         .client
-        .create_group("race", &["bob".into()])
+        .create_group("race", &[name("bob")])
         .await
-        .unwrap()
-        .to_string();
+        .unwrap();
     bob.client.sync().await.unwrap();
 
     // Both commit for the same epoch at the same time; one loses and retries.
-    let (carol, dave) = (vec!["carol".to_owned()], vec!["dave".to_owned()]);
+    let (carol, dave) = (vec![name("carol")], vec![name("dave")]);
     let (a, b) = tokio::join!(
-        alice.client.add_members(&g, &carol),
-        bob.client.add_members(&g, &dave),
+        alice.client.add_members(g, &carol),
+        bob.client.add_members(g, &dave),
     );
     a.unwrap();
     b.unwrap();
     alice.client.sync().await.unwrap();
     bob.client.sync().await.unwrap();
-    let ma = alice.client.members(&g).await.unwrap();
-    let mb = bob.client.members(&g).await.unwrap();
+    let ma = alice.client.members(g).await.unwrap();
+    let mb = bob.client.members(g).await.unwrap();
     assert_eq!(ma, mb);
     let names: Vec<String> = ma.into_iter().map(|(u, _)| u.to_string()).collect();
     assert_eq!(names, ["alice", "bob", "carol", "dave"]);
     // And they can still talk.
-    alice.client.send_text(&g, "we agree").await.unwrap();
+    alice.client.send_text(g, "we agree").await.unwrap();
     assert_eq!(bob.texts().await, pairs(&[("alice", "we agree")]));
 }
 
@@ -185,16 +190,22 @@ async fn safety_numbers_match_and_verify_checks_the_number() {
     let server = Server::start().await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
-    let a = alice.client.safety_number("bob").await.unwrap();
-    let b = bob.client.safety_number("alice").await.unwrap();
+    let a = alice.client.safety_number(&name("bob")).await.unwrap();
+    let b = bob.client.safety_number(&name("alice")).await.unwrap();
     assert_eq!(a.digits(), b.digits());
     assert_eq!(a.digits().len(), 60);
     let mut wrong = a.digits();
     wrong.replace_range(0..1, if wrong.starts_with('0') { "1" } else { "0" });
-    assert!(!alice.client.verify("bob", &wrong).await.unwrap());
-    assert!(!alice.client.is_verified("bob").unwrap());
-    assert!(alice.client.verify("bob", &a.grouped()).await.unwrap());
-    assert!(alice.client.is_verified("bob").unwrap());
+    assert!(!alice.client.verify(&name("bob"), &wrong).await.unwrap());
+    assert!(!alice.client.is_verified(&name("bob")).unwrap());
+    assert!(
+        alice
+            .client
+            .verify(&name("bob"), &a.grouped())
+            .await
+            .unwrap()
+    );
+    assert!(alice.client.is_verified(&name("bob")).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,18 +224,14 @@ async fn disappearing_messages_are_deleted_locally_when_their_time_is_up() {
     }
     let sent = alice
         .client
-        .send_text("bob", "before the timer")
+        .send_text(name("bob"), "before the timer")
         .await
         .unwrap();
-    let conv = sent.conversation.to_string();
+    let conv = sent.conversation;
+    alice.client.set_disappearing(conv, Some(60)).await.unwrap();
     alice
         .client
-        .set_disappearing(&conv, Some(60))
-        .await
-        .unwrap();
-    alice
-        .client
-        .send_text(&conv, "gone in a minute")
+        .send_text(conv, "gone in a minute")
         .await
         .unwrap();
     let events = bob.client.sync().await.unwrap();
@@ -239,10 +246,7 @@ async fn disappearing_messages_are_deleted_locally_when_their_time_is_up() {
         "{events:?}"
     );
     let texts = |u: &common::User| -> Vec<String> {
-        u.history(&conv)
-            .into_iter()
-            .filter_map(|m| m.text)
-            .collect()
+        u.history(conv).into_iter().filter_map(|m| m.text).collect()
     };
     assert_eq!(texts(&bob), ["before the timer", "gone in a minute"]);
 
@@ -253,8 +257,8 @@ async fn disappearing_messages_are_deleted_locally_when_their_time_is_up() {
     assert_eq!(texts(&alice), ["before the timer"]);
 
     // Turned off: new messages stay.
-    bob.client.set_disappearing(&conv, None).await.unwrap();
-    bob.client.send_text(&conv, "kept").await.unwrap();
+    bob.client.set_disappearing(conv, None).await.unwrap();
+    bob.client.send_text(conv, "kept").await.unwrap();
     alice.client.sync().await.unwrap();
     now.fetch_add(3_600_000, Ordering::SeqCst);
     assert_eq!(texts(&alice), ["before the timer", "kept"]);
@@ -267,7 +271,7 @@ async fn listen_delivers_over_the_websocket_as_messages_arrive() {
     let bob = std::sync::Arc::new(server.user("bob").await);
     alice
         .client
-        .send_text("bob", "before listening")
+        .send_text(name("bob"), "before listening")
         .await
         .unwrap();
 
@@ -303,7 +307,7 @@ async fn listen_delivers_over_the_websocket_as_messages_arrive() {
     for i in 0..3 {
         alice
             .client
-            .send_text("bob", &format!("live {i}"))
+            .send_text(name("bob"), &format!("live {i}"))
             .await
             .unwrap();
         assert_eq!(next(&mut rx).await, format!("live {i}"));
@@ -318,13 +322,8 @@ async fn listen_delivers_over_the_websocket_as_messages_arrive() {
     // Everything was acked: a later sync finds nothing new.
     assert!(bob.texts().await.is_empty());
     assert_eq!(
-        bob.history(
-            &alice.client.conversations().unwrap()[0]
-                .conversation
-                .id
-                .to_string()
-        )
-        .len(),
+        bob.history(alice.client.conversations().unwrap()[0].conversation.id)
+            .len(),
         4
     );
 }
@@ -337,14 +336,13 @@ async fn a_member_leaves_and_the_others_commit_the_removal() {
     let carol = server.user("carol").await;
     let g = alice
         .client
-        .create_group("trio", &["bob".into(), "carol".into()])
+        .create_group("trio", &[name("bob"), name("carol")])
         .await
-        .unwrap()
-        .to_string();
+        .unwrap();
     bob.client.sync().await.unwrap();
     carol.client.sync().await.unwrap();
 
-    carol.client.leave(&g).await.unwrap();
+    carol.client.leave(g).await.unwrap();
     assert!(!carol.client.conversations().unwrap()[0].conversation.active);
     // bob's client commits carol's proposal when it syncs; alice applies that commit.
     let events = bob.client.sync().await.unwrap();
@@ -356,15 +354,15 @@ async fn a_member_leaves_and_the_others_commit_the_removal() {
         m.into_iter().map(|(u, _)| u.to_string()).collect()
     };
     assert_eq!(
-        names(alice.client.members(&g).await.unwrap()),
+        names(alice.client.members(g).await.unwrap()),
         ["alice", "bob"]
     );
     assert_eq!(
-        names(bob.client.members(&g).await.unwrap()),
+        names(bob.client.members(g).await.unwrap()),
         ["alice", "bob"]
     );
 
-    alice.client.send_text(&g, "just us").await.unwrap();
+    alice.client.send_text(g, "just us").await.unwrap();
     assert_eq!(bob.texts().await, pairs(&[("alice", "just us")]));
     assert!(
         carol.texts().await.is_empty(),
@@ -383,23 +381,23 @@ async fn conversations_are_found_by_contact_group_name_or_id_prefix() {
 
     let direct = alice
         .client
-        .send_text("bob", "hi")
+        .send_text(name("bob"), "hi")
         .await
         .unwrap()
         .conversation;
     let hikers = alice
         .client
-        .create_group("Hikers", &["bob".into()])
+        .create_group("Hikers", &[name("bob")])
         .await
         .unwrap();
     let club1 = alice
         .client
-        .create_group("club", &["bob".into()])
+        .create_group("club", &[name("bob")])
         .await
         .unwrap();
     let club2 = alice
         .client
-        .create_group("club", &["carol".into()])
+        .create_group("club", &[name("carol")])
         .await
         .unwrap();
 
@@ -426,12 +424,14 @@ async fn conversations_are_found_by_contact_group_name_or_id_prefix() {
         ClientError::UnknownConversation(_)
     ));
 
-    // Sending by group name reaches the group.
-    alice
-        .client
-        .send_text("Hikers", "trail at nine")
-        .await
-        .unwrap();
+    // Sending by group name reaches the group; a user's name is a user.
+    let to = alice.client.find_recipient("Hikers").await.unwrap();
+    assert_eq!(to, sotto_client::Recipient::Conversation(hikers));
+    assert_eq!(
+        alice.client.find_recipient("dave").await.unwrap(),
+        sotto_client::Recipient::User(name("dave"))
+    );
+    alice.client.send_text(to, "trail at nine").await.unwrap();
     let events = bob.client.sync().await.unwrap();
     let texts: Vec<_> = events
         .iter()

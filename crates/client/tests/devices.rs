@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{Server, pairs};
-use sotto_client::{Client, ClientError, Event};
+use common::{Server, name, pairs};
+use sotto_client::{Client, ClientError, Event, LinkCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_device_reads_and_sends_then_stops_when_removed() {
@@ -13,10 +13,10 @@ async fn a_linked_device_reads_and_sends_then_stops_when_removed() {
     let bob = server.user("bob").await;
     let sent = alice
         .client
-        .send_text("bob", "before linking")
+        .send_text(name("bob"), "before linking")
         .await
         .unwrap();
-    let conv = sent.conversation.to_string();
+    let conv = sent.conversation;
     bob.texts().await;
 
     // alice's new device shows a code; her first device approves it.
@@ -33,14 +33,11 @@ async fn a_linked_device_reads_and_sends_then_stops_when_removed() {
                 .await
         })
     };
-    let code = code_rx.await.unwrap();
-    assert!(
-        alice
-            .client
-            .link_approve("definitely-not-a-code")
-            .await
-            .is_err()
-    );
+    let code: LinkCode = code_rx.await.unwrap().parse().unwrap();
+    assert!(matches!(
+        "definitely-not-a-code".parse::<LinkCode>(),
+        Err(ClientError::InvalidLinkCode)
+    ));
     let new_id = alice.client.link_approve(&code).await.unwrap();
     let me2 = starter.await.unwrap().unwrap();
     assert_eq!(me2.username.as_str(), "alice");
@@ -65,11 +62,11 @@ async fn a_linked_device_reads_and_sends_then_stops_when_removed() {
         "{events:?}"
     );
     // The new device does not read what came before it.
-    assert!(alice2.history(&conv).unwrap().is_empty());
+    assert!(alice2.history(conv).unwrap().is_empty());
 
     // bob writes: both of alice's devices read it.
     bob.client
-        .send_text("alice", "to both of you")
+        .send_text(name("alice"), "to both of you")
         .await
         .unwrap();
     assert_eq!(alice.texts().await, pairs(&[("bob", "to both of you")]));
@@ -86,7 +83,7 @@ async fn a_linked_device_reads_and_sends_then_stops_when_removed() {
     assert_eq!(got, ["to both of you"]);
 
     // alice2 writes: bob reads it, alice's first device shows it as sent by her.
-    alice2.send_text(&conv, "from my laptop").await.unwrap();
+    alice2.send_text(conv, "from my laptop").await.unwrap();
     assert_eq!(bob.texts().await, pairs(&[("alice", "from my laptop")]));
     let mine = alice.client.sync().await.unwrap();
     let Some(Event::Message(m)) = mine.into_iter().find(|e| matches!(e, Event::Message(_))) else {
@@ -97,17 +94,21 @@ async fn a_linked_device_reads_and_sends_then_stops_when_removed() {
 
     // Safety numbers are the same on a second device.
     assert_eq!(
-        alice2.safety_number("bob").await.unwrap().digits(),
-        alice.client.safety_number("bob").await.unwrap().digits()
+        alice2.safety_number(&name("bob")).await.unwrap().digits(),
+        alice
+            .client
+            .safety_number(&name("bob"))
+            .await
+            .unwrap()
+            .digits()
     );
 
     // alice removes the laptop: it gets nothing more, and its token stops working.
-    alice
-        .client
-        .remove_device(&new_id.to_string())
+    alice.client.remove_device(new_id).await.unwrap();
+    bob.client
+        .send_text(name("alice"), "laptop gone?")
         .await
         .unwrap();
-    bob.client.send_text("alice", "laptop gone?").await.unwrap();
     assert_eq!(alice.texts().await, pairs(&[("bob", "laptop gone?")]));
     let err = alice2.sync().await.unwrap_err();
     assert_eq!(
@@ -115,7 +116,7 @@ async fn a_linked_device_reads_and_sends_then_stops_when_removed() {
         Some(sotto_client::ErrorCode::Unauthorized),
         "{err}"
     );
-    let members = bob.client.members(&conv).await.unwrap();
+    let members = bob.client.members(conv).await.unwrap();
     let alice_devices = &members
         .iter()
         .find(|(u, _)| u.as_str() == "alice")

@@ -57,10 +57,10 @@ impl Impostor {
     }
 }
 
-async fn user(server: &TestServer, name: &str) -> (Client, tempfile::TempDir) {
+async fn user(server: &TestServer, who: &str) -> (Client, tempfile::TempDir) {
     let home = tempfile::tempdir().unwrap();
     let client = Client::open(home.path(), server.url()).unwrap();
-    client.register(name).await.unwrap();
+    client.register(&name(who)).await.unwrap();
     (client, home)
 }
 
@@ -70,7 +70,7 @@ async fn a_substituted_identity_key_for_a_pinned_contact_is_refused_and_reported
     let (alice, _a) = user(&server, "alice").await;
     let (_bob, _b) = user(&server, "bob").await;
     // alice pins bob's real identity key (e.g. while comparing safety numbers).
-    let before = alice.safety_number("bob").await.unwrap();
+    let before = alice.safety_number(&name("bob")).await.unwrap();
 
     // The server now hands out another key for bob, with a matching device list and
     // KeyPackage, all correctly signed by that other key.
@@ -98,7 +98,10 @@ async fn a_substituted_identity_key_for_a_pinned_contact_is_refused_and_reported
         vec![(mallory.device.device_id(), mallory.key_package())],
     );
 
-    let err = alice.send_text("bob", "for bob only").await.unwrap_err();
+    let err = alice
+        .send_text(name("bob"), "for bob only")
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(
         matches!(err, ClientError::Engine(_) | ClientError::Refused(_)),
@@ -111,7 +114,7 @@ async fn a_substituted_identity_key_for_a_pinned_contact_is_refused_and_reported
     // Nothing was created that could carry a message, and the pin is unchanged.
     assert!(alice.conversations().unwrap().is_empty());
     assert_eq!(
-        alice.safety_number("bob").await.unwrap().digits(),
+        alice.safety_number(&name("bob")).await.unwrap().digits(),
         before.digits()
     );
 }
@@ -131,7 +134,7 @@ async fn a_ghost_device_slipped_into_a_users_key_packages_is_refused_and_reporte
     lying.lie_about_key_packages(&bob, claimed);
 
     let err = alice
-        .create_group("club", &["bob".into()])
+        .create_group("club", &[name("bob")])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("bob"), "{err}");
@@ -167,7 +170,7 @@ async fn key_packages_are_topped_up_when_few_remain() {
         3
     );
     // alice starts a conversation (claims one more); bob joins and notices.
-    alice.send_text("bob", "hi").await.unwrap();
+    alice.send_text(name("bob"), "hi").await.unwrap();
     bob.sync().await.unwrap();
     let after = lying.inner().device_status(bob_device).await.unwrap();
     assert!(after.one_time_key_packages >= 50, "topped up: {after:?}");
@@ -181,7 +184,7 @@ async fn an_unreadable_entry_is_recorded_and_does_not_wedge_the_queue() {
     let server = TestServer::start().unwrap();
     let (alice, _a) = user(&server, "alice").await;
     let (bob, _b) = user(&server, "bob").await;
-    let sent = alice.send_text("bob", "first").await.unwrap();
+    let sent = alice.send_text(name("bob"), "first").await.unwrap();
     bob.sync().await.unwrap();
 
     // A well-framed PrivateMessage for the right group and epoch whose ciphertext is
@@ -204,7 +207,10 @@ async fn an_unreadable_entry_is_recorded_and_does_not_wedge_the_queue() {
         .await
         .unwrap();
     assert_eq!(accepted.delivered.len(), 1);
-    alice.send_text("bob", "after the noise").await.unwrap();
+    alice
+        .send_text(name("bob"), "after the noise")
+        .await
+        .unwrap();
 
     let events = bob.sync().await.unwrap();
     let failed: Vec<&Event> = events
@@ -244,9 +250,9 @@ async fn a_conversation_that_keeps_changing_is_contention_not_bad_usage() {
     let (server, lying) = TestServer::start_lying().unwrap();
     let (alice, _a) = user(&server, "alice").await;
     let (_bob, _b) = user(&server, "bob").await;
-    alice.send_text("bob", "first").await.unwrap();
+    alice.send_text(name("bob"), "first").await.unwrap();
     lying.refuse_messages_as_stale(true);
-    let err = alice.send_text("bob", "second").await.unwrap_err();
+    let err = alice.send_text(name("bob"), "second").await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -258,5 +264,10 @@ async fn a_conversation_that_keeps_changing_is_contention_not_bad_usage() {
     );
     assert!(err.to_string().contains("try again"), "{err}");
     lying.refuse_messages_as_stale(false);
-    alice.send_text("bob", "third").await.unwrap();
+    alice.send_text(name("bob"), "third").await.unwrap();
+}
+
+/// A username written in a test.
+fn name(text: &str) -> sotto_client::Username {
+    text.parse().unwrap()
 }

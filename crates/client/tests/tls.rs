@@ -20,7 +20,7 @@ async fn https_and_wss_with_a_trusted_private_certificate() {
     // Without trusting the certificate: a clear network error, nothing registered.
     let home = tempfile::tempdir().unwrap();
     let untrusting = Client::open(home.path(), server.url()).unwrap();
-    let err = untrusting.register("mallory").await.unwrap_err();
+    let err = untrusting.register(&name("mallory")).await.unwrap_err();
     assert!(matches!(err, ClientError::Network { .. }), "{err}");
 
     let homes = tempfile::tempdir().unwrap();
@@ -29,8 +29,8 @@ async fn https_and_wss_with_a_trusted_private_certificate() {
     };
     let alice = open("alice");
     let bob = Arc::new(open("bob"));
-    alice.register("alice").await.unwrap();
-    bob.register("bob").await.unwrap();
+    alice.register(&name("alice")).await.unwrap();
+    bob.register(&name("bob")).await.unwrap();
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -54,7 +54,7 @@ async fn https_and_wss_with_a_trusted_private_certificate() {
     };
     for i in 0..2 {
         alice
-            .send_text("bob", &format!("over tls {i}"))
+            .send_text(name("bob"), &format!("over tls {i}"))
             .await
             .unwrap();
         let got = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
@@ -71,4 +71,9 @@ async fn https_and_wss_with_a_trusted_private_certificate() {
     );
     stop_tx.send(()).unwrap();
     listener.await.unwrap().unwrap();
+}
+
+/// A username written in a test.
+fn name(text: &str) -> sotto_client::Username {
+    text.parse().unwrap()
 }

@@ -37,10 +37,10 @@ async fn sends_and_syncs_are_traced_without_their_content() {
     let homes = tempfile::tempdir().unwrap();
     let alice = Client::open(&homes.path().join("a"), server.url()).unwrap();
     let bob = Client::open(&homes.path().join("b"), server.url()).unwrap();
-    alice.register("alice").await.unwrap();
-    bob.register("bob").await.unwrap();
+    alice.register(&name("alice")).await.unwrap();
+    bob.register(&name("bob")).await.unwrap();
     let secret = "the-launch-code-is-0451";
-    alice.send_text("bob", secret).await.unwrap();
+    alice.send_text(name("bob"), secret).await.unwrap();
     bob.sync().await.unwrap();
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
@@ -51,4 +51,9 @@ async fn sends_and_syncs_are_traced_without_their_content() {
         );
     }
     assert!(!text.contains(secret), "message content reached the trace");
+}
+
+/// A username written in a test.
+fn name(text: &str) -> sotto_client::Username {
+    text.parse().unwrap()
 }

@@ -14,7 +14,6 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use openmls_traits::OpenMlsProvider;
 use sotto_core::content::Text;
 use sotto_core::storage::{JsonCodec, KvStorage, MemoryBackend, MemoryStorage, SottoProvider};
 use sotto_core::{
@@ -30,7 +29,7 @@ struct Dev<P> {
     trust: MemoryTrustStore,
 }
 
-fn device<P: OpenMlsProvider>(make: fn() -> P, user: &str) -> Dev<P> {
+fn device<P: sotto_core::MlsProvider>(make: fn() -> P, user: &str) -> Dev<P> {
     let provider = make();
     let identity = IdentityKeyPair::generate(provider.rand()).unwrap();
     let username = Username::parse(user).unwrap();
@@ -42,7 +41,7 @@ fn device<P: OpenMlsProvider>(make: fn() -> P, user: &str) -> Dev<P> {
     }
 }
 
-fn key_package<P: OpenMlsProvider>(d: &Dev<P>) -> ClaimedKeyPackage {
+fn key_package<P: sotto_core::MlsProvider>(d: &Dev<P>) -> ClaimedKeyPackage {
     let config = ConversationConfig::default();
     ClaimedKeyPackage {
         username: d.local.username().clone(),
@@ -54,7 +53,10 @@ fn key_package<P: OpenMlsProvider>(d: &Dev<P>) -> ClaimedKeyPackage {
 }
 
 /// Key packages of `n` extra devices (other users), each made with its own provider.
-fn extra_key_packages<P: OpenMlsProvider>(make: fn() -> P, n: usize) -> Vec<ClaimedKeyPackage> {
+fn extra_key_packages<P: sotto_core::MlsProvider>(
+    make: fn() -> P,
+    n: usize,
+) -> Vec<ClaimedKeyPackage> {
     (0..n)
         .map(|i| key_package(&device(make, &format!("member{i:05}"))))
         .collect()
@@ -80,7 +82,7 @@ struct Pair<P> {
     b: Conversation,
 }
 
-fn pair<P: OpenMlsProvider>(make: fn() -> P, extra: usize) -> Pair<P> {
+fn pair<P: sotto_core::MlsProvider>(make: fn() -> P, extra: usize) -> Pair<P> {
     let config = ConversationConfig::default();
     let mut alice = device(make, "alice");
     let mut bob = device(make, "bob");
@@ -103,7 +105,7 @@ fn pair<P: OpenMlsProvider>(make: fn() -> P, extra: usize) -> Pair<P> {
     Pair { alice, bob, a, b }
 }
 
-fn messages<P: OpenMlsProvider>(c: &mut Criterion, stack: &str, make: fn() -> P) {
+fn messages<P: sotto_core::MlsProvider>(c: &mut Criterion, stack: &str, make: fn() -> P) {
     for members in [2usize, 1000] {
         let mut p = pair(make, members - 2);
         for size in [100usize, 10 * 1024] {
@@ -147,7 +149,7 @@ fn messages<P: OpenMlsProvider>(c: &mut Criterion, stack: &str, make: fn() -> P)
     }
 }
 
-fn adds<P: OpenMlsProvider>(c: &mut Criterion, stack: &str, make: fn() -> P) {
+fn adds<P: sotto_core::MlsProvider>(c: &mut Criterion, stack: &str, make: fn() -> P) {
     let config = ConversationConfig::default();
     let mut group = c.benchmark_group(format!("add/{stack}"));
     group.sample_size(10);
@@ -183,7 +185,7 @@ fn adds<P: OpenMlsProvider>(c: &mut Criterion, stack: &str, make: fn() -> P) {
     group.finish();
 }
 
-fn updates<P: OpenMlsProvider>(c: &mut Criterion, stack: &str, make: fn() -> P) {
+fn updates<P: sotto_core::MlsProvider>(c: &mut Criterion, stack: &str, make: fn() -> P) {
     let mut p = pair(make, 998);
     // Fill in the tree first: right after a bulk add the first update is O(N).
     for _ in 0..2 {

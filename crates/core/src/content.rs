@@ -198,13 +198,13 @@ impl Content {
 pub enum ContentError {
     /// The bytes are not a Sotto envelope at all (no id to keep it under).
     #[error("the message content is not a readable envelope: {0}")]
-    Malformed(String),
+    Malformed(#[source] crate::conversation::BoxError),
     /// Unsupported content cannot be sent.
     #[error("cannot send content of unsupported kind {0:?}")]
     CannotSendUnsupported(String),
     /// Encoding failed.
     #[error("could not encode the message: {0}")]
-    Encode(String),
+    Encode(#[source] crate::conversation::BoxError),
 }
 
 /// The outer map on the wire.
@@ -243,7 +243,7 @@ impl Envelope {
             b: body,
         };
         let mut out = Vec::new();
-        ciborium::into_writer(&wire, &mut out).map_err(|e| ContentError::Encode(e.to_string()))?;
+        ciborium::into_writer(&wire, &mut out).map_err(|e| ContentError::Encode(e.into()))?;
         Ok(out)
     }
 
@@ -251,7 +251,7 @@ impl Envelope {
     /// [`Content::Unsupported`]; only bytes without a readable id and time are an error.
     pub fn decode(bytes: &[u8]) -> Result<Self, ContentError> {
         let wire: Wire =
-            ciborium::from_reader(bytes).map_err(|e| ContentError::Malformed(e.to_string()))?;
+            ciborium::from_reader(bytes).map_err(|e| ContentError::Malformed(e.into()))?;
         let content = if wire.v == ENVELOPE_VERSION {
             decode_body(&wire.t, wire.b)
         } else {
@@ -290,7 +290,7 @@ mod erased {
 
     impl<T: serde::Serialize> Body for T {
         fn to_value(&self) -> Result<ciborium::Value, ContentError> {
-            ciborium::Value::serialized(self).map_err(|e| ContentError::Encode(e.to_string()))
+            ciborium::Value::serialized(self).map_err(|e| ContentError::Encode(e.into()))
         }
     }
 }

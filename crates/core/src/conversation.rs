@@ -21,7 +21,10 @@ use sotto_proto::{ConversationId, DeviceId, DeviceList, Username};
 use crate::config::ConversationConfig;
 use crate::content::{ContentError, Envelope};
 use crate::identity::LocalDevice;
-use crate::trust::{self, PendingPins, Refusal, TrustStore, VerifiedDevice, certificate_of};
+use crate::trust::{
+    self, PendingPins, Refusal, TrustError, TrustStore, TrustStoreError, VerifiedDevice,
+    certificate_of,
+};
 
 /// What went wrong with a conversation operation.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +35,7 @@ pub enum ConversationError {
     UnsupportedCiphersuite(openmls::prelude::Ciphersuite),
     /// Bytes that are not an MLS message of the expected kind.
     #[error("not a valid MLS message: {0}")]
-    Malformed(String),
+    Malformed(#[source] BoxError),
     /// The message names another group.
     #[error("the message belongs to another conversation")]
     WrongConversation,
@@ -90,13 +93,19 @@ pub enum ConversationError {
     NoPendingCommit,
     /// OpenMLS refused the operation or message (bad signature, undecryptable, replay...).
     #[error("MLS rejected it: {0}")]
-    Mls(String),
+    Mls(#[source] BoxError),
     /// The message decrypted, but its content is not a Sotto envelope.
     #[error(transparent)]
     Content(#[from] ContentError),
     /// Randomness was unavailable.
     #[error(transparent)]
     Randomness(#[from] crate::identity::RandomnessError),
+    /// The MLS state could not be read or written (its database).
+    #[error("the conversation store failed: {0}")]
+    Storage(#[source] BoxError),
+    /// The trust store failed (its database); nothing was accepted.
+    #[error(transparent)]
+    TrustStore(#[from] TrustStoreError),
     /// The local state is inconsistent (a bug or a damaged store).
     #[error("the conversation state is damaged: {0}")]
     Corrupt(String),
@@ -131,8 +140,42 @@ pub struct SecurityEvent {
     pub refusal: Refusal,
 }
 
-fn mls(e: impl std::fmt::Display) -> ConversationError {
-    ConversationError::Mls(e.to_string())
+/// The cause of an MLS failure, kept as the error's source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An OpenMLS provider whose storage errors can cross threads, so that a failure keeps
+/// its cause (an SQLite error, say) as the error's source. Every provider Sotto uses
+/// qualifies; it is implemented for all that do.
+pub trait MlsProvider:
+    OpenMlsProvider<
+    StorageProvider: openmls_traits::storage::StorageProvider<
+        { openmls_traits::storage::CURRENT_VERSION },
+        Error: Send + Sync + 'static,
+    >,
+>
+{
+}
+
+impl<P> MlsProvider for P where
+    P: OpenMlsProvider<
+        StorageProvider: openmls_traits::storage::StorageProvider<
+            { openmls_traits::storage::CURRENT_VERSION },
+            Error: Send + Sync + 'static,
+        >,
+    >
+{
+}
+
+fn storage(e: impl std::error::Error + Send + Sync + 'static) -> ConversationError {
+    ConversationError::Storage(Box::new(e))
+}
+
+pub(crate) fn mls(e: impl Into<BoxError>) -> ConversationError {
+    ConversationError::Mls(e.into())
+}
+
+fn malformed(e: impl Into<BoxError>) -> ConversationError {
+    ConversationError::Malformed(e.into())
 }
 
 /// One member device in the roster.
@@ -317,7 +360,7 @@ fn entry_of(
 
 impl Conversation {
     /// Starts a conversation with this device as its only member.
-    pub fn create<P: OpenMlsProvider>(
+    pub fn create<P: MlsProvider>(
         provider: &P,
         me: &LocalDevice,
         id: ConversationId,
@@ -336,35 +379,32 @@ impl Conversation {
     }
 
     /// Loads a conversation from the provider's storage.
-    pub fn load<P: OpenMlsProvider>(
+    pub fn load<P: MlsProvider>(
         provider: &P,
         id: ConversationId,
     ) -> Result<Option<Self>, ConversationError> {
         let group = MlsGroup::load(provider.storage(), &MlsGroupId::from_slice(id.as_bytes()))
-            .map_err(|e| ConversationError::Corrupt(format!("{e:?}")))?;
+            .map_err(storage)?;
         Ok(group.map(|group| Self { id, group }))
     }
 
     /// Deletes this conversation's MLS state from storage.
-    pub fn delete<P: OpenMlsProvider>(mut self, provider: &P) -> Result<(), ConversationError> {
-        self.group
-            .delete(provider.storage())
-            .map_err(|e| ConversationError::Corrupt(format!("{e:?}")))
+    pub fn delete<P: MlsProvider>(mut self, provider: &P) -> Result<(), ConversationError> {
+        self.group.delete(provider.storage()).map_err(storage)
     }
 
     /// Joins from a Welcome, after checking every member's certificate against the
     /// trust store. A refused Welcome creates nothing.
-    pub fn join<P: OpenMlsProvider>(
+    pub fn join<P: MlsProvider>(
         provider: &P,
         trust: &mut dyn TrustStore,
         welcome: &[u8],
         config: &ConversationConfig,
     ) -> Result<Joined, ConversationError> {
         check_suite(config)?;
-        let message = MlsMessageIn::tls_deserialize_exact(welcome)
-            .map_err(|e| ConversationError::Malformed(e.to_string()))?;
+        let message = MlsMessageIn::tls_deserialize_exact(welcome).map_err(malformed)?;
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
-            return Err(ConversationError::Malformed("expected a Welcome".into()));
+            return Err(malformed("expected a Welcome"));
         };
         let builder = StagedWelcome::build_from_welcome(provider, &config.join_config(), welcome)
             .map_err(mls)?;
@@ -376,8 +416,7 @@ impl Conversation {
             .unverified_group_info()
             .group_id()
             .clone();
-        let existing = MlsGroup::load(provider.storage(), &group_id)
-            .map_err(|e| ConversationError::Corrupt(format!("{e:?}")))?;
+        let existing = MlsGroup::load(provider.storage(), &group_id).map_err(storage)?;
         let builder = match existing {
             Some(old) if old.is_active() => return Err(ConversationError::AlreadyMember),
             Some(_) => builder.replace_old_group(),
@@ -385,16 +424,17 @@ impl Conversation {
         };
         let staged = builder.build().map_err(mls)?;
         let id = ConversationId::from_slice(staged.group_context().group_id().as_slice())
-            .ok_or_else(|| {
-                ConversationError::Malformed("group id is not a conversation id".into())
-            })?;
+            .ok_or_else(|| malformed("group id is not a conversation id"))?;
 
         let mut pins = PendingPins::default();
         let mut seen = Vec::new();
         for member in staged.members() {
             let device =
                 trust::verify_leaf(&member.credential, &member.signature_key, trust, &mut pins)
-                    .map_err(ConversationError::RefusedWelcome)?;
+                    .map_err(|e| match e {
+                        TrustError::Refused(r) => ConversationError::RefusedWelcome(r),
+                        TrustError::Store(e) => ConversationError::TrustStore(e),
+                    })?;
             if seen.contains(&device.device_id) {
                 return Err(ConversationError::RefusedWelcome(
                     Refusal::DuplicateDevice {
@@ -408,7 +448,7 @@ impl Conversation {
         let sender = staged.welcome_sender().map_err(mls)?;
         let added_by = entry_of(staged.welcome_sender_index(), sender.credential())?;
         let group = staged.into_group(provider).map_err(mls)?;
-        pins.apply(trust);
+        pins.apply(trust)?;
         Ok(Joined {
             conversation: Self { id, group },
             added_by,
@@ -454,6 +494,15 @@ impl Conversation {
         }
     }
 
+    /// A trust check that did not accept: a refusal in this conversation, or a store
+    /// failure.
+    fn distrusted(&self, e: TrustError) -> ConversationError {
+        match e {
+            TrustError::Refused(r) => self.refused(r),
+            TrustError::Store(e) => ConversationError::TrustStore(e),
+        }
+    }
+
     fn ensure_no_pending_commit(&self) -> Result<(), ConversationError> {
         if self.group.pending_commit().is_some() {
             Err(ConversationError::CommitPending)
@@ -464,7 +513,7 @@ impl Conversation {
 
     /// Checks claimed key packages: each must be valid MLS, certify the user it was
     /// claimed for under the trusted identity key, and name a device not yet present.
-    fn checked_key_packages<P: OpenMlsProvider>(
+    fn checked_key_packages<P: MlsProvider>(
         &self,
         provider: &P,
         trust: &dyn TrustStore,
@@ -475,7 +524,7 @@ impl Conversation {
         let mut out: Vec<(VerifiedDevice, KeyPackage)> = Vec::with_capacity(claimed.len());
         for c in claimed {
             let kp = KeyPackageIn::tls_deserialize_exact(c.bytes.as_slice())
-                .map_err(|e| ConversationError::Malformed(e.to_string()))?
+                .map_err(malformed)?
                 .validate(provider.crypto(), ProtocolVersion::Mls10)
                 .map_err(mls)?;
             if kp.ciphersuite() != self.group.ciphersuite() {
@@ -488,7 +537,7 @@ impl Conversation {
                 trust,
                 pins,
             )
-            .map_err(|r| self.refused(r))?;
+            .map_err(|e| self.distrusted(e))?;
             if device.username != c.username {
                 return Err(self.refused(Refusal::WrongAccount {
                     expected: c.username.clone(),
@@ -510,7 +559,7 @@ impl Conversation {
 
     /// Adds devices from claimed key packages (one commit, one Welcome). Used for
     /// adding a single linked device, and by [`Conversation::add_users`].
-    pub fn add_devices<P: OpenMlsProvider>(
+    pub fn add_devices<P: MlsProvider>(
         &mut self,
         provider: &P,
         me: &LocalDevice,
@@ -528,13 +577,13 @@ impl Conversation {
             .group
             .add_members(provider, me.signer(), &kps)
             .map_err(mls)?;
-        pins.apply(trust);
+        pins.apply(trust)?;
         self.outgoing(commit, Some(welcome))
     }
 
     /// Adds users with all their devices: each user's device list is verified (and
     /// checked against rollback) and every listed device must come with a key package.
-    pub fn add_users<P: OpenMlsProvider>(
+    pub fn add_users<P: MlsProvider>(
         &mut self,
         provider: &P,
         me: &LocalDevice,
@@ -545,11 +594,11 @@ impl Conversation {
         let mut claimed = Vec::new();
         for user in users {
             let list = &user.device_list;
-            trust::accept_device_list(trust, list).map_err(|r| self.refused(r))?;
+            trust::accept_device_list(trust, list).map_err(|e| self.distrusted(e))?;
             let mut covered = Vec::new();
             for bytes in &user.key_packages {
-                let kp = KeyPackageIn::tls_deserialize_exact(bytes.as_slice())
-                    .map_err(|e| ConversationError::Malformed(e.to_string()))?;
+                let kp =
+                    KeyPackageIn::tls_deserialize_exact(bytes.as_slice()).map_err(malformed)?;
                 let cert = certificate_of(&kp.unverified_credential().credential)
                     .map_err(|r| self.refused(r))?;
                 match list.device(cert.device_id()) {
@@ -581,7 +630,7 @@ impl Conversation {
     }
 
     /// Removes every device of these users.
-    pub fn remove_users<P: OpenMlsProvider>(
+    pub fn remove_users<P: MlsProvider>(
         &mut self,
         provider: &P,
         me: &LocalDevice,
@@ -603,7 +652,7 @@ impl Conversation {
     }
 
     /// Removes single devices (unlinking).
-    pub fn remove_devices<P: OpenMlsProvider>(
+    pub fn remove_devices<P: MlsProvider>(
         &mut self,
         provider: &P,
         me: &LocalDevice,
@@ -634,7 +683,7 @@ impl Conversation {
     /// does not let a member commit its own removal; another member commits them, see
     /// [`Conversation::commit_pending_proposals`]). Answers the proposal messages to
     /// send, as PrivateMessages.
-    pub fn leave<P: OpenMlsProvider>(
+    pub fn leave<P: MlsProvider>(
         &mut self,
         provider: &P,
         me: &LocalDevice,
@@ -661,7 +710,7 @@ impl Conversation {
     /// Commits the queued proposals (for example another member's leave), unless
     /// there are none or one of them removes this device (it cannot commit its own
     /// removal; another member will).
-    pub fn commit_pending_proposals<P: OpenMlsProvider>(
+    pub fn commit_pending_proposals<P: MlsProvider>(
         &mut self,
         provider: &P,
         me: &LocalDevice,
@@ -688,7 +737,7 @@ impl Conversation {
     }
 
     /// Refreshes this device's keys (post-compromise security).
-    pub fn self_update<P: OpenMlsProvider>(
+    pub fn self_update<P: MlsProvider>(
         &mut self,
         provider: &P,
         me: &LocalDevice,
@@ -760,7 +809,7 @@ impl Conversation {
     }
 
     /// Applies this device's pending commit after the server accepted it.
-    pub fn confirm_commit<P: OpenMlsProvider>(
+    pub fn confirm_commit<P: MlsProvider>(
         &mut self,
         provider: &P,
     ) -> Result<RosterChange, ConversationError> {
@@ -775,7 +824,7 @@ impl Conversation {
 
     /// Drops this device's pending commit (the server refused it: another commit won
     /// the epoch). Apply the winning commit, then build a new one.
-    pub fn discard_commit<P: OpenMlsProvider>(
+    pub fn discard_commit<P: MlsProvider>(
         &mut self,
         provider: &P,
     ) -> Result<(), ConversationError> {
@@ -784,7 +833,7 @@ impl Conversation {
         }
         self.group
             .clear_pending_commit(provider.storage())
-            .map_err(|e| ConversationError::Corrupt(format!("{e:?}")))
+            .map_err(storage)
     }
 
     /// Resolves added devices' leaf indices after a merge.
@@ -816,7 +865,7 @@ impl Conversation {
     }
 
     /// Encrypts an envelope for every other member device.
-    pub fn encrypt<P: OpenMlsProvider>(
+    pub fn encrypt<P: MlsProvider>(
         &mut self,
         provider: &P,
         me: &LocalDevice,
@@ -834,14 +883,13 @@ impl Conversation {
     /// Processes one incoming group message: decrypts application messages, checks
     /// and applies commits, checks and queues proposals. A refused commit or proposal
     /// leaves the group state unchanged.
-    pub fn process<P: OpenMlsProvider>(
+    pub fn process<P: MlsProvider>(
         &mut self,
         provider: &P,
         trust: &mut dyn TrustStore,
         bytes: &[u8],
     ) -> Result<Incoming, ConversationError> {
-        let framing = framing::parse_group_message(bytes)
-            .map_err(|e| ConversationError::Malformed(e.to_string()))?;
+        let framing = framing::parse_group_message(bytes).map_err(malformed)?;
         if framing.group_id != self.id.as_bytes() {
             return Err(ConversationError::WrongConversation);
         }
@@ -862,11 +910,8 @@ impl Conversation {
             // Sotto sends every group message encrypted; a public one is not ours.
             return Err(self.refused(Refusal::UnsupportedOperation("unencrypted group message")));
         }
-        let message = MlsMessageIn::tls_deserialize_exact(bytes)
-            .map_err(|e| ConversationError::Malformed(e.to_string()))?;
-        let protocol: ProtocolMessage = message
-            .try_into_protocol_message()
-            .map_err(|e| ConversationError::Malformed(e.to_string()))?;
+        let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(malformed)?;
+        let protocol: ProtocolMessage = message.try_into_protocol_message().map_err(malformed)?;
         let processed = self
             .group
             .process_message(provider, protocol)
@@ -892,8 +937,8 @@ impl Conversation {
                 self.check_standalone_remove(&proposal, sender)?;
                 self.group
                     .store_pending_proposal(provider.storage(), *proposal)
-                    .map_err(|e| ConversationError::Corrupt(format!("{e:?}")))?;
-                pins.apply(trust);
+                    .map_err(storage)?;
+                pins.apply(trust)?;
                 Ok(Incoming::Proposal {
                     proposer: sender_entry,
                 })
@@ -906,7 +951,7 @@ impl Conversation {
                 self.group
                     .merge_staged_commit(provider, *staged)
                     .map_err(mls)?;
-                pins.apply(trust);
+                pins.apply(trust)?;
                 Ok(Incoming::Commit {
                     committer: sender_entry,
                     change: self.change_after_merge(added, removed, removed_me),
@@ -936,7 +981,7 @@ impl Conversation {
                     trust,
                     pins,
                 )
-                .map_err(|r| self.refused(r))?;
+                .map_err(|e| self.distrusted(e))?;
             }
             Proposal::Update(update) => {
                 let leaf = update.leaf_node();
@@ -996,7 +1041,7 @@ impl Conversation {
             trust,
             pins,
         )
-        .map_err(|r| self.refused(r))?;
+        .map_err(|e| self.distrusted(e))?;
         let old = self
             .group
             .member_at(index)

@@ -6,7 +6,6 @@
 //! are written to the provider's storage by OpenMLS.
 
 use openmls::prelude::{KeyPackage, Lifetime};
-use openmls_traits::OpenMlsProvider;
 
 use crate::config::ConversationConfig;
 use crate::conversation::ConversationError;
@@ -24,7 +23,7 @@ pub struct KeyPackageBatch {
 /// Lifetime of a KeyPackage, in seconds (the RFC's recommended maximum order: months).
 const LIFETIME_SECONDS: u64 = 60 * 60 * 24 * 90;
 
-fn build<P: OpenMlsProvider>(
+fn build<P: crate::conversation::MlsProvider>(
     provider: &P,
     device: &LocalDevice,
     config: &ConversationConfig,
@@ -43,15 +42,15 @@ fn build<P: OpenMlsProvider>(
             device.signer(),
             device.credential_with_key(),
         )
-        .map_err(|e| ConversationError::Mls(e.to_string()))?;
+        .map_err(crate::conversation::mls)?;
     bundle
         .key_package()
         .tls_serialize_detached_bytes()
-        .map_err(|e| ConversationError::Mls(e.to_string()))
+        .map_err(crate::conversation::mls)
 }
 
 /// Generates `count` one-time KeyPackages and one last-resort KeyPackage.
-pub fn generate_key_packages<P: OpenMlsProvider>(
+pub fn generate_key_packages<P: crate::conversation::MlsProvider>(
     provider: &P,
     device: &LocalDevice,
     config: &ConversationConfig,

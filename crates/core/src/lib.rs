@@ -26,13 +26,16 @@ pub mod trust;
 pub use config::ConversationConfig;
 pub use content::{Content, Envelope};
 pub use conversation::{
-    ClaimedKeyPackage, CommitMetadata, Conversation, ConversationError, Incoming, OutgoingCommit,
-    ReceivedMessage, Roster, RosterChange, RosterEntry, SecurityEvent, UserKeyPackages,
+    BoxError, ClaimedKeyPackage, CommitMetadata, Conversation, ConversationError, Incoming,
+    MlsProvider, OutgoingCommit, ReceivedMessage, Roster, RosterChange, RosterEntry, SecurityEvent,
+    UserKeyPackages,
 };
 pub use identity::{DeviceSigner, IdentityKeyPair, LocalDevice};
 pub use key_package::{KeyPackageBatch, generate_key_packages};
 pub use safety::SafetyNumber;
-pub use trust::{MemoryTrustStore, Refusal, TrustStore, accept_device_list};
+pub use trust::{
+    MemoryTrustStore, Refusal, TrustError, TrustStore, TrustStoreError, accept_device_list,
+};
 
 /// Re-exported so callers name the same OpenMLS types this crate uses.
 pub use openmls;

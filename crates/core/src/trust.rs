@@ -13,18 +13,52 @@ use sotto_proto::{
     CertError, DeviceCertificate, DeviceId, DeviceList, IdentityPublicKey, Username,
 };
 
+/// A trust store could not be read or written (its database failed). The cause is
+/// kept as the source. Never a security verdict: nothing was accepted or refused.
+#[derive(Debug, thiserror::Error)]
+#[error("the trust store failed: {0}")]
+pub struct TrustStoreError(#[source] pub crate::conversation::BoxError);
+
+/// Why a trust check did not accept: a refusal (a security event), or a store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// Refused for security.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The trust store failed; nothing was decided.
+    #[error(transparent)]
+    Store(#[from] TrustStoreError),
+}
+
 /// The client's memory of which identity key belongs to which username, and of the
 /// newest device list seen for each. The client crate keeps it in its database; tests
-/// use [`MemoryTrustStore`].
+/// use [`MemoryTrustStore`]. Every call may fail (a database error); a failure makes
+/// the whole operation fail, so nothing half-checked is ever accepted.
 pub trait TrustStore {
     /// The identity key pinned for `username`, if any.
-    fn pinned_identity(&self, username: &Username) -> Option<IdentityPublicKey>;
+    fn pinned_identity(
+        &self,
+        username: &Username,
+    ) -> Result<Option<IdentityPublicKey>, TrustStoreError>;
     /// Pins `key` for `username` (first use, or after the user accepted a change).
-    fn pin_identity(&mut self, username: &Username, key: IdentityPublicKey);
+    fn pin_identity(
+        &mut self,
+        username: &Username,
+        key: IdentityPublicKey,
+    ) -> Result<(), TrustStoreError>;
     /// Version and digest of the newest device list accepted for `username`.
-    fn seen_device_list(&self, username: &Username) -> Option<(u64, [u8; 32])>;
+    fn seen_device_list(
+        &self,
+        username: &Username,
+    ) -> Result<Option<(u64, [u8; 32])>, TrustStoreError>;
     /// Remembers the newest device list accepted for `username`.
-    fn record_device_list(&mut self, username: &Username, version: u64, digest: [u8; 32]);
+    fn record_device_list(
+        &mut self,
+        username: &Username,
+        version: u64,
+        digest: [u8; 32],
+    ) -> Result<(), TrustStoreError>;
 }
 
 /// An in-memory [`TrustStore`].
@@ -35,17 +69,34 @@ pub struct MemoryTrustStore {
 }
 
 impl TrustStore for MemoryTrustStore {
-    fn pinned_identity(&self, username: &Username) -> Option<IdentityPublicKey> {
-        self.pins.get(username).copied()
+    fn pinned_identity(
+        &self,
+        username: &Username,
+    ) -> Result<Option<IdentityPublicKey>, TrustStoreError> {
+        Ok(self.pins.get(username).copied())
     }
-    fn pin_identity(&mut self, username: &Username, key: IdentityPublicKey) {
+    fn pin_identity(
+        &mut self,
+        username: &Username,
+        key: IdentityPublicKey,
+    ) -> Result<(), TrustStoreError> {
         self.pins.insert(username.clone(), key);
+        Ok(())
     }
-    fn seen_device_list(&self, username: &Username) -> Option<(u64, [u8; 32])> {
-        self.lists.get(username).copied()
+    fn seen_device_list(
+        &self,
+        username: &Username,
+    ) -> Result<Option<(u64, [u8; 32])>, TrustStoreError> {
+        Ok(self.lists.get(username).copied())
     }
-    fn record_device_list(&mut self, username: &Username, version: u64, digest: [u8; 32]) {
+    fn record_device_list(
+        &mut self,
+        username: &Username,
+        version: u64,
+        digest: [u8; 32],
+    ) -> Result<(), TrustStoreError> {
         self.lists.insert(username.clone(), (version, digest));
+        Ok(())
     }
 }
 
@@ -147,10 +198,14 @@ pub(crate) fn certificate_of(credential: &Credential) -> Result<DeviceCertificat
 pub(crate) struct PendingPins(Vec<(Username, IdentityPublicKey)>);
 
 impl PendingPins {
-    fn lookup(&self, trust: &dyn TrustStore, username: &Username) -> Option<IdentityPublicKey> {
-        trust
-            .pinned_identity(username)
-            .or_else(|| self.0.iter().find(|(u, _)| u == username).map(|(_, k)| *k))
+    fn lookup(
+        &self,
+        trust: &dyn TrustStore,
+        username: &Username,
+    ) -> Result<Option<IdentityPublicKey>, TrustStoreError> {
+        Ok(trust
+            .pinned_identity(username)?
+            .or_else(|| self.0.iter().find(|(u, _)| u == username).map(|(_, k)| *k)))
     }
 
     /// Checks `key` against the pin for `username` (or a pin made earlier in this
@@ -160,14 +215,15 @@ impl PendingPins {
         trust: &dyn TrustStore,
         username: &Username,
         key: IdentityPublicKey,
-    ) -> Result<(), Refusal> {
-        match self.lookup(trust, username) {
+    ) -> Result<(), TrustError> {
+        match self.lookup(trust, username)? {
             Some(pinned) if pinned == key => Ok(()),
             Some(pinned) => Err(Refusal::IdentityKeyChanged {
                 username: username.clone(),
                 pinned,
                 offered: key,
-            }),
+            }
+            .into()),
             None => {
                 self.0.push((username.clone(), key));
                 Ok(())
@@ -176,10 +232,11 @@ impl PendingPins {
     }
 
     /// Writes the collected pins to the trust store.
-    pub(crate) fn apply(self, trust: &mut dyn TrustStore) {
+    pub(crate) fn apply(self, trust: &mut dyn TrustStore) -> Result<(), TrustStoreError> {
         for (username, key) in self.0 {
-            trust.pin_identity(&username, key);
+            trust.pin_identity(&username, key)?;
         }
+        Ok(())
     }
 }
 
@@ -190,15 +247,16 @@ pub(crate) fn verify_leaf(
     signature_key: &[u8],
     trust: &dyn TrustStore,
     pins: &mut PendingPins,
-) -> Result<VerifiedDevice, Refusal> {
+) -> Result<VerifiedDevice, TrustError> {
     let cert = certificate_of(credential)?;
     if cert.device_key().as_slice() != signature_key {
         return Err(Refusal::UncertifiedKey {
             username: cert.username().clone(),
             device: cert.device_id(),
-        });
+        }
+        .into());
     }
-    cert.verify()?;
+    cert.verify().map_err(Refusal::from)?;
     pins.check(trust, cert.username(), *cert.identity_key())?;
     Ok(VerifiedDevice {
         username: cert.username().clone(),
@@ -210,12 +268,13 @@ pub(crate) fn verify_leaf(
 /// Accepts a device list fetched from the directory: it must verify, be signed by the
 /// pinned identity key (pinning it on first use), and not be older than, or conflict
 /// with, the newest list seen. On success the trust store remembers it.
-pub fn accept_device_list(trust: &mut dyn TrustStore, list: &DeviceList) -> Result<(), Refusal> {
-    list.verify()?;
+pub fn accept_device_list(trust: &mut dyn TrustStore, list: &DeviceList) -> Result<(), TrustError> {
+    list.verify().map_err(Refusal::from)?;
     let mut pins = PendingPins::default();
     pins.check(trust, list.username(), *list.identity_key())?;
-    list.check_not_rollback(trust.seen_device_list(list.username()))?;
-    pins.apply(trust);
-    trust.record_device_list(list.username(), list.version(), list.digest());
+    list.check_not_rollback(trust.seen_device_list(list.username())?)
+        .map_err(Refusal::from)?;
+    pins.apply(trust)?;
+    trust.record_device_list(list.username(), list.version(), list.digest())?;
     Ok(())
 }

@@ -197,7 +197,7 @@ fn a_welcome_into_a_group_with_a_ghost_is_refused() {
     assert_eq!(event.conversation, None);
     assert_eq!(event.refusal, Refusal::NotACertificate);
     // Nothing was pinned from the refused Welcome.
-    assert_eq!(dev.trust.pinned_identity(&name("alice")), None);
+    assert_eq!(dev.trust.pinned_identity(&name("alice")).unwrap(), None);
 }
 
 #[test]
@@ -246,7 +246,7 @@ fn key_substitution_by_the_server_is_refused() {
     let substituted = w.key_packages("bob");
     let second = w.create(alice);
     let dev = w.devs.get_mut(&alice).unwrap();
-    let pinned = dev.trust.pinned_identity(&name("bob"));
+    let pinned = dev.trust.pinned_identity(&name("bob")).unwrap();
     let err = dev
         .convs
         .get_mut(&second)
@@ -281,7 +281,7 @@ fn key_substitution_by_the_server_is_refused() {
         Refusal::IdentityKeyChanged { .. }
     ));
     assert_eq!(
-        dev.trust.pinned_identity(&name("bob")),
+        dev.trust.pinned_identity(&name("bob")).unwrap(),
         pinned,
         "the pin must not move"
     );

@@ -229,8 +229,8 @@ fn safety_numbers_agree_on_both_sides_and_on_every_device() {
     let number = |dev: sotto_proto::DeviceId, me: &str, them: &str| {
         let t = &w.devs[&dev].trust;
         SafetyNumber::new(
-            &t.pinned_identity(&name(me)).unwrap(),
-            &t.pinned_identity(&name(them)).unwrap(),
+            &t.pinned_identity(&name(me)).unwrap().unwrap(),
+            &t.pinned_identity(&name(them)).unwrap().unwrap(),
         )
     };
     let from_alice_1 = number(a[0], "alice", "bob");

@@ -28,9 +28,9 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use sotto_proto::{ConversationId, DeviceId, Username};
 use sotto_server_store::{
-    Accepted, Account, BatchStats, CommitSubmission, DeviceStatus, ExpiredCounts, Group,
-    MailboxEntry, MessageSubmission, NewAccount, NewDevice, SlotId, Store, StoreError, StoreStats,
-    day_of,
+    Accepted, Account, BackendError, BatchStats, CommitSubmission, DeviceStatus, ExpiredCounts,
+    Group, MailboxEntry, MessageSubmission, NewAccount, NewDevice, SlotId, Store, StoreError,
+    StoreStats, day_of,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -87,7 +87,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// name constraints and tables, not values (those are in the error's detail, which is
 /// not shown), so no ciphertext, token or username leaks into logs.
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
-    StoreError::Backend(format!("postgres: {e}"))
+    StoreError::Backend(BackendError::caused_by("postgres", e))
 }
 
 fn op_error(fail: Fail) -> StoreError {
@@ -118,20 +118,22 @@ impl PostgresStore {
     /// Connects, creates the schema if asked, applies migrations and starts the writer
     /// tasks (on the current tokio runtime).
     pub async fn connect(options: &PostgresOptions) -> Result<Self, StoreError> {
-        let mut connect = PgConnectOptions::from_str(&options.url).map_err(|e| {
-            StoreError::Backend(format!(
+        let mut connect =
+            PgConnectOptions::from_str(&options.url).map_err(|e| {
+                StoreError::Backend(format!(
                 "the database URL is invalid ({e}); expected postgres://USER@HOST:PORT/DATABASE"
-            ))
-        })?;
+            ).into())
+            })?;
         if let Some(schema) = &options.schema {
             if !schema
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
                 || schema.is_empty()
             {
-                return Err(StoreError::Backend(format!(
-                    "the schema name {schema:?} must be letters, digits and underscores"
-                )));
+                return Err(StoreError::Backend(
+                    format!("the schema name {schema:?} must be letters, digits and underscores")
+                        .into(),
+                ));
             }
             let mut admin = sqlx::PgConnection::connect_with(&connect)
                 .await

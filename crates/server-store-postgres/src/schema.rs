@@ -119,10 +119,13 @@ pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
     if let Some(newest) = newest
         && newest > SCHEMA_VERSION
     {
-        return Err(StoreError::Backend(format!(
-            "the database schema is version {newest}, newer than this server understands \
+        return Err(StoreError::Backend(
+            format!(
+                "the database schema is version {newest}, newer than this server understands \
              ({SCHEMA_VERSION})"
-        )));
+            )
+            .into(),
+        ));
     }
     for (index, step) in MIGRATIONS.iter().enumerate() {
         let version = index as i64 + 1;

@@ -28,8 +28,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use sotto_proto::{ConversationId, DeviceId, Username};
 use sotto_server_store::{
-    Accepted, Account, CommitSubmission, DeviceStatus, ExpiredCounts, Group, MailboxEntry,
-    MessageSubmission, NewAccount, NewDevice, SlotId, Store, StoreError, StoreStats, day_of,
+    Accepted, Account, BackendError, CommitSubmission, DeviceStatus, ExpiredCounts, Group,
+    MailboxEntry, MessageSubmission, NewAccount, NewDevice, SlotId, Store, StoreError, StoreStats,
+    day_of,
 };
 use tokio::sync::oneshot;
 
@@ -55,7 +56,7 @@ pub(crate) trait OrBackend<T> {
 
 impl<T> OrBackend<T> for rusqlite::Result<T> {
     fn or_backend(self) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError::Backend(format!("sqlite: {e}")))
+        self.map_err(|e| StoreError::Backend(BackendError::caused_by("sqlite", e)))
     }
 }
 
@@ -92,9 +93,9 @@ impl SqliteStore {
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .or_backend()?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Backend(format!(
-                "the database refused WAL mode (journal mode is {mode})"
-            )));
+            return Err(StoreError::Backend(
+                format!("the database refused WAL mode (journal mode is {mode})").into(),
+            ));
         }
         schema::migrate(&mut conn)?;
 
@@ -104,7 +105,9 @@ impl SqliteStore {
         let writer_thread = std::thread::Builder::new()
             .name("sotto-store-writer".into())
             .spawn(move || writer::run(conn, queue, stats))
-            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| {
+                StoreError::Backend(BackendError::caused_by("cannot start the writer thread", e))
+            })?;
         Ok(Self {
             writer: Some(sender),
             writer_thread: Some(writer_thread),

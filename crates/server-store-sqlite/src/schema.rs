@@ -92,10 +92,13 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .or_backend()?;
     if current > SCHEMA_VERSION {
-        return Err(StoreError::Backend(format!(
-            "the database schema is version {current}, newer than this server understands \
+        return Err(StoreError::Backend(
+            format!(
+                "the database schema is version {current}, newer than this server understands \
              ({SCHEMA_VERSION})"
-        )));
+            )
+            .into(),
+        ));
     }
     for (index, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction().or_backend()?;

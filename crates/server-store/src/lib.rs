@@ -69,7 +69,76 @@ pub enum StoreError {
     /// The storage backend failed (I/O, database, a broken invariant). Internal: the
     /// server logs it and answers with a generic error.
     #[error("storage backend error: {0}")]
-    Backend(String),
+    Backend(#[source] BackendError),
+}
+
+/// What failed in a storage backend, keeping the backend's own error (SQLite's,
+/// PostgreSQL's, an I/O error) as its source. Cheap to clone: one failed group-commit
+/// batch answers every request in it with the same error.
+#[derive(Debug, Clone)]
+pub struct BackendError {
+    context: std::borrow::Cow<'static, str>,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl BackendError {
+    /// A failure described by `context` alone (a broken invariant, a stopped worker).
+    pub fn new(context: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A failure of `context` ("sqlite", "starting the writer thread", ...) caused by
+    /// `source`.
+    pub fn caused_by(
+        context: impl Into<std::borrow::Cow<'static, str>>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            context: context.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.context),
+            None => f.write_str(&self.context),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Two backend errors are equal when they read the same (the source's type aside).
+impl PartialEq for BackendError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for BackendError {}
+
+impl From<&'static str> for BackendError {
+    fn from(context: &'static str) -> Self {
+        Self::new(context)
+    }
+}
+
+impl From<String> for BackendError {
+    fn from(context: String) -> Self {
+        Self::new(context)
+    }
 }
 
 /// A device being registered, with the hash of its bearer token (the token itself is

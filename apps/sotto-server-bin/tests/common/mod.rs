@@ -261,3 +261,8 @@ pub fn data_files(dir: &Path) -> Vec<PathBuf> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A username written in a test.
+pub fn name(text: &str) -> sotto_client::Username {
+    text.parse().unwrap()
+}

@@ -7,8 +7,7 @@ impl Client {
 
     /// Creates the account and this device on the server, and uploads KeyPackages.
     #[tracing::instrument(name = "register", skip_all)]
-    pub async fn register(&self, username: &str) -> Result<WhoAmI, ClientError> {
-        let username = super::username(username)?;
+    pub async fn register(&self, username: &Username) -> Result<WhoAmI, ClientError> {
         if let Some(a) = self.read(|tx| tx.account())? {
             return Err(ClientError::AlreadyRegistered(a.username.to_string()));
         }
@@ -17,12 +16,12 @@ impl Client {
             let provider = tx.provider();
             let identity = IdentityKeyPair::generate(provider.rand())
                 .map_err(|_| ClientError::Local("the system random generator failed".into()))?;
-            let device = LocalDevice::create(provider.rand(), &identity, &username, now)
+            let device = LocalDevice::create(provider.rand(), &identity, username, now)
                 .map_err(|_| ClientError::Local("the system random generator failed".into()))?;
-            let list = identity.sign_device_list(&username, 1, vec![device.certificate().clone()]);
+            let list = identity.sign_device_list(username, 1, vec![device.certificate().clone()]);
             Ok((identity, device, list))
         })?;
-        let token = self.transport.register(&username, &list).await?;
+        let token = self.transport.register(username, &list).await?;
         let account = Account {
             username: username.clone(),
             device,
@@ -33,9 +32,7 @@ impl Client {
         self.write(|tx| {
             tx.save_account(&account)?;
             // Our own identity is pinned like any contact's.
-            let mut trust = tx.trust();
-            sotto_core::accept_device_list(&mut trust, &list)?;
-            trust.finish()
+            Ok(sotto_core::accept_device_list(&mut tx.trust(), &list)?)
         })?;
         self.top_up_key_packages(true).await?;
         self.whoami()
@@ -77,18 +74,18 @@ impl Client {
 
     // ----- safety numbers -----
 
-    /// The safety number with `username` (fetching and pinning their key on first use).
-    pub async fn safety_number(&self, username: &str) -> Result<SafetyNumber, ClientError> {
+    /// The safety number with `user` (fetching and pinning their key on first use).
+    pub async fn safety_number(&self, user: &Username) -> Result<SafetyNumber, ClientError> {
         let account = self.account()?;
-        let user = super::username(username)?;
-        let pinned = match self.read(|tx| tx.contact(&user))? {
+        let pinned = match self.read(|tx| tx.contact(user))? {
             Some((key, _)) => key,
             None => {
-                let info = self.transport.account(&account.token, &user).await?;
+                let info = self.transport.account(&account.token, user).await?;
                 self.write(|tx| {
-                    let mut trust = tx.trust();
-                    sotto_core::accept_device_list(&mut trust, &info.device_list)?;
-                    trust.finish()
+                    Ok(sotto_core::accept_device_list(
+                        &mut tx.trust(),
+                        &info.device_list,
+                    )?)
                 })?;
                 info.identity_key
             }
@@ -96,21 +93,19 @@ impl Client {
         Ok(SafetyNumber::new(&account.identity.public(), &pinned))
     }
 
-    /// Marks `username` verified if `number` matches the safety number; `Ok(false)`
+    /// Marks `user` verified if `number` matches the safety number; `Ok(false)`
     /// (and nothing marked) if it does not.
-    pub async fn verify(&self, username: &str, number: &str) -> Result<bool, ClientError> {
-        let safety = self.safety_number(username).await?;
-        let user = super::username(username)?;
+    pub async fn verify(&self, user: &Username, number: &str) -> Result<bool, ClientError> {
+        let safety = self.safety_number(user).await?;
         if !safety.matches_digits(number) {
             return Ok(false);
         }
-        self.write(|tx| tx.set_verified(&user))?;
+        self.write(|tx| tx.set_verified(user))?;
         Ok(true)
     }
 
-    /// Whether `username` is verified.
-    pub fn is_verified(&self, username: &str) -> Result<bool, ClientError> {
-        let user = super::username(username)?;
-        Ok(self.read(|tx| tx.contact(&user))?.is_some_and(|(_, v)| v))
+    /// Whether `user` is verified.
+    pub fn is_verified(&self, user: &Username) -> Result<bool, ClientError> {
+        Ok(self.read(|tx| tx.contact(user))?.is_some_and(|(_, v)| v))
     }
 }

@@ -51,7 +51,6 @@ pub(super) fn handle(
         EntryKind::Welcome => {
             let mut trust = tx.trust();
             let joined = Conversation::join(&tx.provider(), &mut trust, &entry.body.0, config);
-            trust.finish()?;
             let joined = match joined {
                 Ok(j) => j,
                 // A Welcome for a group this device is already in (e.g. a retried
@@ -100,7 +99,6 @@ pub(super) fn handle(
             };
             let mut trust = tx.trust();
             let incoming = conv.process(&tx.provider(), &mut trust, &entry.body.0);
-            trust.finish()?;
             match incoming? {
                 Incoming::Message(_)
                     if !tx.conversation(entry.group)?.is_some_and(|c| c.active) =>
@@ -147,12 +145,12 @@ pub(super) fn apply_content(
     envelope: &Envelope,
     now: u64,
 ) -> Result<Vec<Event>, ClientError> {
-    let message_id = envelope.id.to_string();
+    let message_id = envelope.id;
     let sent_at = envelope.sent_at_ms / 1000;
     let timer = tx.conversation(id)?.and_then(|c| c.disappearing_secs);
     let stored = |kind: &str, text: Option<String>, attachment: Option<String>| StoredMessage {
         conversation: id,
-        id: message_id.clone(),
+        id: message_id,
         sender: sender.clone(),
         sender_device,
         outgoing,
@@ -183,24 +181,24 @@ pub(super) fn apply_content(
             tx.insert_message(&m)?.then_some(Event::Message(m))
         }
         Content::Edit(e) => tx
-            .edit_message(id, &e.target.to_string(), sender, &e.body, now)?
+            .edit_message(id, e.target, sender, &e.body, now)?
             .then(|| Event::Edited {
                 conversation: id,
-                id: e.target.to_string(),
+                id: e.target,
                 text: e.body.clone(),
             }),
         Content::Delete(d) => tx
-            .delete_message(id, &d.target.to_string(), sender)?
-            .then(|| Event::Deleted {
+            .delete_message(id, d.target, sender)?
+            .then_some(Event::Deleted {
                 conversation: id,
-                id: d.target.to_string(),
+                id: d.target,
             }),
         Content::Reaction(r) => {
             let emoji = (!r.remove).then(|| r.emoji.clone());
-            tx.set_reaction(id, &r.target.to_string(), sender, emoji.as_deref())?;
+            tx.set_reaction(id, r.target, sender, emoji.as_deref())?;
             Some(Event::Reaction {
                 conversation: id,
-                target: r.target.to_string(),
+                target: r.target,
                 sender: sender.clone(),
                 emoji,
             })
@@ -208,7 +206,7 @@ pub(super) fn apply_content(
         Content::ReadReceipt(r) => Some(Event::Receipt {
             conversation: id,
             reader: sender.clone(),
-            targets: r.targets.iter().map(ToString::to_string).collect(),
+            targets: r.targets.clone(),
         }),
         Content::Typing(_) => None,
         Content::GroupName(g) => {

@@ -5,18 +5,25 @@ use super::*;
 impl Client {
     // ----- conversations -----
 
-    /// Resolves a target: a conversation id (32 hex) or a username (its direct
-    /// conversation, created on first use).
-    pub(super) async fn resolve(&self, target: &str) -> Result<ConversationId, ClientError> {
-        match self.find_conversation(target).await {
-            Err(ClientError::UnknownConversation(_)) => {}
-            found => return found,
+    /// The conversation a send goes to: the given conversation (which this device
+    /// must still be a member of), or the one-to-one conversation with a user,
+    /// created on first use.
+    pub(super) async fn conversation_for(
+        &self,
+        to: Recipient,
+    ) -> Result<ConversationId, ClientError> {
+        let peer = match to {
+            Recipient::Conversation(id) => return self.active(id),
+            Recipient::User(peer) => peer,
+        };
+        if let Some(c) = self.read(|tx| tx.direct_with(&peer))? {
+            return Ok(c.id);
         }
-        let peer = Username::parse(target).map_err(|_| {
-            ClientError::Usage(format!(
-                "{target:?} is neither a username nor a conversation id"
-            ))
-        })?;
+        // Their Welcome to a conversation with us may still be in the mailbox.
+        self.catch_up().await?;
+        if let Some(c) = self.read(|tx| tx.direct_with(&peer))? {
+            return Ok(c.id);
+        }
         self.start(
             StoredConversation {
                 id: ConversationId::from_bytes(self.read(rng_bytes::<16>)?),
@@ -29,6 +36,20 @@ impl Client {
             &[peer],
         )
         .await
+    }
+
+    /// Whom a person means to send to by `what`: a conversation they would find
+    /// with [`Client::find_conversation`], else a user of that name (their one-to-one
+    /// conversation starts with the first message).
+    pub async fn find_recipient(&self, what: &str) -> Result<Recipient, ClientError> {
+        match self.find_conversation(what).await {
+            Ok(id) => Ok(Recipient::Conversation(id)),
+            Err(ClientError::UnknownConversation(_)) => match Username::parse(what) {
+                Ok(user) => Ok(Recipient::User(user)),
+                Err(_) => Err(ClientError::UnknownConversation(what.to_owned())),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The conversation a person means by `what`, as they would type it: a whole
@@ -117,9 +138,8 @@ impl Client {
     pub async fn create_group(
         &self,
         name: &str,
-        members: &[String],
+        members: &[Username],
     ) -> Result<ConversationId, ClientError> {
-        let users = usernames(members)?;
         let id = ConversationId::from_bytes(self.read(rng_bytes::<16>)?);
         self.start(
             StoredConversation {
@@ -130,7 +150,7 @@ impl Client {
                 disappearing_secs: None,
                 active: true,
             },
-            &users,
+            members,
         )
         .await?;
         // Members learn the name from the group itself (the server never sees it).
@@ -191,25 +211,19 @@ impl Client {
     #[tracing::instrument(name = "add_members", skip_all)]
     pub async fn add_members(
         &self,
-        conversation: &str,
-        users: &[String],
+        conversation: ConversationId,
+        users: &[Username],
     ) -> Result<(), ClientError> {
-        let id = self.resolve_existing(conversation).await?;
-        let users = usernames(users)?;
-        self.add_users(id, &users).await
+        self.active(conversation)?;
+        self.add_users(conversation, users).await
     }
 
-    pub(super) async fn resolve_existing(
-        &self,
-        conversation: &str,
-    ) -> Result<ConversationId, ClientError> {
-        let id = self.find_conversation(conversation).await?;
+    /// `id`, if it is a conversation this device is still a member of.
+    pub(super) fn active(&self, id: ConversationId) -> Result<ConversationId, ClientError> {
         match self.read(|tx| tx.conversation(id))? {
             Some(c) if c.active => Ok(id),
-            Some(_) => Err(ClientError::Usage(format!(
-                "you are no longer a member of conversation {conversation}"
-            ))),
-            None => Err(ClientError::UnknownConversation(conversation.to_owned())),
+            Some(_) => Err(ClientError::NotAMember(id)),
+            None => Err(ClientError::UnknownConversation(id.to_string())),
         }
     }
 
@@ -283,7 +297,6 @@ impl Client {
                     conv.add_devices(&tx.provider(), &account.device, &mut trust, &claimed)
                 }
                 .map(Some);
-                trust.finish()?;
                 Ok(result?)
             });
             let outgoing = match outgoing {
@@ -307,15 +320,14 @@ impl Client {
     #[tracing::instrument(name = "remove_members", skip_all)]
     pub async fn remove_members(
         &self,
-        conversation: &str,
-        users: &[String],
+        conversation: ConversationId,
+        users: &[Username],
     ) -> Result<(), ClientError> {
-        let id = self.resolve_existing(conversation).await?;
-        let users = usernames(users)?;
+        let id = self.active(conversation)?;
         let account = self.outbound().await?;
         for _ in 0..COMMIT_RETRIES {
             let out = self.write(|tx| {
-                Ok(load(tx, id)?.remove_users(&tx.provider(), &account.device, &users)?)
+                Ok(load(tx, id)?.remove_users(&tx.provider(), &account.device, users)?)
             })?;
             if self.submit_commit(&account, id, out).await? {
                 return Ok(());
@@ -329,11 +341,10 @@ impl Client {
     /// Leaves a conversation: proposes the removal of every device of this account
     /// (MLS lets only another member commit it; their clients do so when they next
     /// sync) and stops showing the conversation here at once.
-    pub async fn leave(&self, conversation: &str) -> Result<(), ClientError> {
-        let id = self.find_conversation(conversation).await?;
+    pub async fn leave(&self, id: ConversationId) -> Result<(), ClientError> {
         let account = self.outbound().await?;
         match self.read(|tx| tx.conversation(id))? {
-            None => return Err(ClientError::UnknownConversation(conversation.to_owned())),
+            None => return Err(ClientError::UnknownConversation(id.to_string())),
             Some(c) if !c.active => return Ok(()),
             Some(_) => {}
         }
@@ -353,9 +364,8 @@ impl Client {
     /// The members of a conversation: users and their devices (after catching up).
     pub async fn members(
         &self,
-        conversation: &str,
+        id: ConversationId,
     ) -> Result<Vec<(Username, Vec<DeviceId>)>, ClientError> {
-        let id = self.find_conversation(conversation).await?;
         self.catch_up().await?;
         let roster = self.read(|tx| Ok(load(tx, id)?.roster()?))?;
         Ok(roster.users().into_iter().collect())
@@ -383,14 +393,11 @@ impl Client {
     }
 
     /// A conversation's stored messages, oldest first; marks them read.
-    pub fn history(&self, conversation: &str) -> Result<Vec<StoredMessage>, ClientError> {
-        let id: ConversationId = conversation
-            .parse()
-            .map_err(|_| ClientError::UnknownConversation(conversation.to_owned()))?;
+    pub fn history(&self, id: ConversationId) -> Result<Vec<StoredMessage>, ClientError> {
         let now = self.now();
         self.write(|tx| {
             if tx.conversation(id)?.is_none() {
-                return Err(ClientError::UnknownConversation(conversation.to_owned()));
+                return Err(ClientError::UnknownConversation(id.to_string()));
             }
             tx.delete_expired(now)?;
             tx.mark_read(id)?;

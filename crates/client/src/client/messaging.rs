@@ -5,9 +5,13 @@ use super::*;
 impl Client {
     // ----- sending -----
 
-    /// Sends a text to a username (direct conversation) or a conversation id.
-    pub async fn send_text(&self, target: &str, text: &str) -> Result<Sent, ClientError> {
-        let id = self.resolve(target).await?;
+    /// Sends a text to a conversation, or to a user (their one-to-one conversation).
+    pub async fn send_text(
+        &self,
+        to: impl Into<Recipient>,
+        text: &str,
+    ) -> Result<Sent, ClientError> {
+        let id = self.conversation_for(to.into()).await?;
         self.send_content(
             id,
             Content::Text(Text {
@@ -21,22 +25,28 @@ impl Client {
     /// then sends the pointer, key and digest inside an MLS message.
     pub async fn send_file(
         &self,
-        target: &str,
+        to: impl Into<Recipient>,
         path: &Path,
         caption: Option<&str>,
     ) -> Result<Sent, ClientError> {
         let account = self.account()?;
-        let id = self.resolve(target).await?;
+        let not_a_file = || {
+            ClientError::file(
+                "send",
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            )
+        };
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| ClientError::Usage(format!("{} is not a file", path.display())))?;
-        if !path.is_file() {
-            return Err(ClientError::Usage(format!(
-                "{} is not a readable file",
-                path.display()
-            )));
+            .ok_or_else(not_a_file)?;
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(not_a_file()),
+            Err(e) => return Err(ClientError::file("read", path, e)),
         }
+        let id = self.conversation_for(to.into()).await?;
         let key: [u8; 32] = self.read(rng_bytes::<32>)?;
         let staging = self.home.join("outgoing");
         std::fs::create_dir_all(&staging).map_err(|e| ClientError::file("create", &staging, e))?;
@@ -75,20 +85,18 @@ impl Client {
     pub async fn save_attachment(
         &self,
         conversation: ConversationId,
-        message_id: &str,
+        message_id: MessageId,
         dir: Option<&Path>,
     ) -> Result<PathBuf, ClientError> {
         let account = self.account()?;
         let message = self
             .read(|tx| tx.message(conversation, message_id))?
-            .ok_or_else(|| {
-                ClientError::Usage(format!("no message {message_id} in this conversation"))
-            })?;
+            .ok_or(ClientError::UnknownMessage(message_id))?;
         let meta: serde_json::Value = message
             .attachment
             .as_deref()
             .and_then(|a| serde_json::from_str(a).ok())
-            .ok_or_else(|| ClientError::Usage(format!("message {message_id} has no attachment")))?;
+            .ok_or(ClientError::NoAttachment(message_id))?;
         let field = |k: &str| meta[k].as_str().map(str::to_owned);
         let corrupt = || ClientError::Corrupt("a stored attachment pointer".into());
         let blob_id = field("blob_id").ok_or_else(corrupt)?;
@@ -142,13 +150,12 @@ impl Client {
     /// Reacts to a message (`remove` takes the reaction back).
     pub async fn react(
         &self,
-        conversation: &str,
-        target: &str,
+        conversation: ConversationId,
+        target: MessageId,
         emoji: &str,
         remove: bool,
     ) -> Result<Sent, ClientError> {
-        let id = self.resolve_existing(conversation).await?;
-        let target = parse_message_id(target)?;
+        let id = self.active(conversation)?;
         self.send_content(
             id,
             Content::Reaction(Reaction {
@@ -163,12 +170,11 @@ impl Client {
     /// Edits one of this account's messages.
     pub async fn edit(
         &self,
-        conversation: &str,
-        target: &str,
+        conversation: ConversationId,
+        target: MessageId,
         text: &str,
     ) -> Result<Sent, ClientError> {
-        let id = self.resolve_existing(conversation).await?;
-        let target = parse_message_id(target)?;
+        let id = self.active(conversation)?;
         self.ensure_own(id, target)?;
         self.send_content(
             id,
@@ -181,9 +187,12 @@ impl Client {
     }
 
     /// Deletes one of this account's messages for everyone.
-    pub async fn delete(&self, conversation: &str, target: &str) -> Result<Sent, ClientError> {
-        let id = self.resolve_existing(conversation).await?;
-        let target = parse_message_id(target)?;
+    pub async fn delete(
+        &self,
+        conversation: ConversationId,
+        target: MessageId,
+    ) -> Result<Sent, ClientError> {
+        let id = self.active(conversation)?;
         self.ensure_own(id, target)?;
         self.send_content(id, Content::Delete(Delete { target }))
             .await
@@ -192,10 +201,10 @@ impl Client {
     /// Sets or clears a conversation's disappearing-messages timer.
     pub async fn set_disappearing(
         &self,
-        conversation: &str,
+        conversation: ConversationId,
         seconds: Option<u32>,
     ) -> Result<Sent, ClientError> {
-        let id = self.resolve_existing(conversation).await?;
+        let id = self.active(conversation)?;
         self.send_content(
             id,
             Content::DisappearingTimer(DisappearingTimer { seconds }),
@@ -208,14 +217,10 @@ impl Client {
         id: ConversationId,
         target: MessageId,
     ) -> Result<(), ClientError> {
-        match self.read(|tx| tx.message(id, &target.to_string()))? {
+        match self.read(|tx| tx.message(id, target))? {
             Some(m) if m.outgoing => Ok(()),
-            Some(_) => Err(ClientError::Usage(
-                "you can only edit or delete your own messages".into(),
-            )),
-            None => Err(ClientError::Usage(format!(
-                "no message {target} in this conversation"
-            ))),
+            Some(_) => Err(ClientError::NotOwnMessage(target)),
+            None => Err(ClientError::UnknownMessage(target)),
         }
     }
 }
@@ -237,11 +242,6 @@ pub(super) fn media_type(name: &str) -> &'static str {
     mime_guess::from_path(name)
         .first_raw()
         .unwrap_or("application/octet-stream")
-}
-
-pub(super) fn parse_message_id(s: &str) -> Result<MessageId, ClientError> {
-    s.parse()
-        .map_err(|_| ClientError::Usage(format!("{s:?} is not a message id")))
 }
 
 #[cfg(test)]

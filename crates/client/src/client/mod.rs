@@ -62,7 +62,7 @@ pub enum Event {
         /// The conversation.
         conversation: ConversationId,
         /// The message.
-        id: String,
+        id: MessageId,
         /// The new text.
         text: String,
     },
@@ -71,14 +71,14 @@ pub enum Event {
         /// The conversation.
         conversation: ConversationId,
         /// The message.
-        id: String,
+        id: MessageId,
     },
     /// A reaction was set or removed.
     Reaction {
         /// The conversation.
         conversation: ConversationId,
         /// The message reacted to.
-        target: String,
+        target: MessageId,
         /// Who reacted.
         sender: Username,
         /// The emoji, or `None` when taken back.
@@ -91,7 +91,7 @@ pub enum Event {
         /// Who read them.
         reader: Username,
         /// The messages.
-        targets: Vec<String>,
+        targets: Vec<MessageId>,
     },
     /// This device joined a conversation.
     Joined {
@@ -165,6 +165,33 @@ pub struct ConversationSummary {
     pub members: Vec<Username>,
     /// Unread incoming messages.
     pub unread: u64,
+}
+
+/// Whom a message goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// An existing conversation (a group, or a one-to-one conversation).
+    Conversation(ConversationId),
+    /// A user: the one-to-one conversation with them, created on first use.
+    User(Username),
+}
+
+impl From<ConversationId> for Recipient {
+    fn from(id: ConversationId) -> Self {
+        Self::Conversation(id)
+    }
+}
+
+impl From<Username> for Recipient {
+    fn from(user: Username) -> Self {
+        Self::User(user)
+    }
+}
+
+impl From<&Username> for Recipient {
+    fn from(user: &Username) -> Self {
+        Self::User(user.clone())
+    }
 }
 
 /// The result of a send.
@@ -302,16 +329,6 @@ impl Client {
         self.commit_pending_proposals().await?;
         self.take_events()
     }
-}
-
-/// A username as a person typed it.
-pub(crate) fn username(text: &str) -> Result<Username, ClientError> {
-    Username::parse(text).map_err(|e| ClientError::Usage(format!("invalid username {text:?}: {e}")))
-}
-
-/// Usernames as a person typed them.
-fn usernames(texts: &[String]) -> Result<Vec<Username>, ClientError> {
-    texts.iter().map(|t| username(t)).collect()
 }
 
 /// Loads a conversation that must exist.

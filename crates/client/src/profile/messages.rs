@@ -11,7 +11,7 @@ impl ProfileTx<'_> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 &m.conversation.as_bytes()[..],
-                m.id,
+                m.id.to_string(),
                 m.sender.as_str(),
                 &m.sender_device.as_bytes()[..],
                 m.outgoing,
@@ -31,11 +31,11 @@ impl ProfileTx<'_> {
     pub fn message(
         &self,
         conversation: ConversationId,
-        id: &str,
+        id: MessageId,
     ) -> Result<Option<StoredMessage>, ClientError> {
         let mut list = self.messages_where(
             "conversation = ?1 AND id = ?2",
-            params![&conversation.as_bytes()[..], id],
+            params![&conversation.as_bytes()[..], id.to_string()],
         )?;
         Ok(list.pop())
     }
@@ -92,7 +92,7 @@ impl ProfileTx<'_> {
             ) = row?;
             Ok(StoredMessage {
                 conversation: conv_id(&c)?,
-                id,
+                id: MessageId::parse(&id).map_err(|_| corrupt())?,
                 sender: Username::parse(&sender).map_err(|_| corrupt())?,
                 sender_device: DeviceId::from_slice(&dev).ok_or_else(corrupt)?,
                 outgoing,
@@ -113,12 +113,12 @@ impl ProfileTx<'_> {
     pub fn set_attachment(
         &self,
         conversation: ConversationId,
-        id: &str,
+        id: MessageId,
         json: &str,
     ) -> Result<(), ClientError> {
         self.tx.execute(
             "UPDATE messages SET attachment = ?3 WHERE conversation = ?1 AND id = ?2",
-            params![&conversation.as_bytes()[..], id, json],
+            params![&conversation.as_bytes()[..], id.to_string(), json],
         )?;
         Ok(())
     }
@@ -127,7 +127,7 @@ impl ProfileTx<'_> {
     pub fn edit_message(
         &self,
         conversation: ConversationId,
-        id: &str,
+        id: MessageId,
         sender: &Username,
         text: &str,
         at: u64,
@@ -137,7 +137,7 @@ impl ProfileTx<'_> {
              WHERE conversation = ?1 AND id = ?2 AND sender = ?3 AND deleted = 0",
             params![
                 &conversation.as_bytes()[..],
-                id,
+                id.to_string(),
                 sender.as_str(),
                 text,
                 i(at)
@@ -150,17 +150,21 @@ impl ProfileTx<'_> {
     pub fn delete_message(
         &self,
         conversation: ConversationId,
-        id: &str,
+        id: MessageId,
         sender: &Username,
     ) -> Result<bool, ClientError> {
         let n = self.tx.execute(
             "UPDATE messages SET text = NULL, attachment = NULL, deleted = 1
              WHERE conversation = ?1 AND id = ?2 AND sender = ?3",
-            params![&conversation.as_bytes()[..], id, sender.as_str()],
+            params![
+                &conversation.as_bytes()[..],
+                id.to_string(),
+                sender.as_str()
+            ],
         )?;
         self.tx.execute(
             "DELETE FROM reactions WHERE conversation = ?1 AND target = ?2",
-            params![&conversation.as_bytes()[..], id],
+            params![&conversation.as_bytes()[..], id.to_string()],
         )?;
         Ok(n == 1)
     }
@@ -169,7 +173,7 @@ impl ProfileTx<'_> {
     pub fn set_reaction(
         &self,
         conversation: ConversationId,
-        target: &str,
+        target: MessageId,
         sender: &Username,
         emoji: Option<&str>,
     ) -> Result<(), ClientError> {
@@ -177,11 +181,11 @@ impl ProfileTx<'_> {
             Some(e) => self.tx.execute(
                 "INSERT INTO reactions (conversation, target, sender, emoji) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT DO UPDATE SET emoji = excluded.emoji",
-                params![&conversation.as_bytes()[..], target, sender.as_str(), e],
+                params![&conversation.as_bytes()[..], target.to_string(), sender.as_str(), e],
             )?,
             None => self.tx.execute(
                 "DELETE FROM reactions WHERE conversation = ?1 AND target = ?2 AND sender = ?3",
-                params![&conversation.as_bytes()[..], target, sender.as_str()],
+                params![&conversation.as_bytes()[..], target.to_string(), sender.as_str()],
             )?,
         };
         Ok(())

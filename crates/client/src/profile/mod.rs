@@ -6,13 +6,14 @@
 //! the group state and the stored messages consistent: both advanced, or neither.
 //! In-memory MLS objects never outlive a transaction; they are loaded from it.
 
-use std::cell::RefCell;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sotto_core::storage::{KvBackend, KvStorage, SottoProvider};
-use sotto_core::{DeviceSigner, IdentityKeyPair, LocalDevice, TrustStore};
-use sotto_proto::{ConversationId, DeviceCertificate, DeviceId, IdentityPublicKey, Username};
+use sotto_core::{DeviceSigner, IdentityKeyPair, LocalDevice, TrustStore, TrustStoreError};
+use sotto_proto::{
+    ConversationId, DeviceCertificate, DeviceId, IdentityPublicKey, MessageId, Username,
+};
 
 use crate::error::ClientError;
 
@@ -195,7 +196,7 @@ pub struct StoredMessage {
     /// The conversation.
     pub conversation: ConversationId,
     /// The sender's message id.
-    pub id: String,
+    pub id: MessageId,
     /// The sender's username.
     pub sender: Username,
     /// The sending device.
@@ -256,11 +257,10 @@ impl<'t> ProfileTx<'t> {
         SottoProvider::new(KvStorage::new(SqlKv { conn: self.tx }))
     }
 
-    /// The trust store over this transaction. Call [`SqlTrust::finish`] after use.
+    /// The trust store over this transaction.
     pub fn trust(&self) -> SqlTrust<'t> {
         SqlTrust {
             conn: self.tx,
-            failure: RefCell::new(None),
             now: now_ms() / 1000,
         }
     }

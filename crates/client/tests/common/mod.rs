@@ -1,7 +1,7 @@
 //! The test kit's real server and clients with their own profile directories.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use sotto_client::{Client, StoredMessage};
+use sotto_client::{Client, ConversationId, StoredMessage, Username};
 use sotto_testkit::TestServer;
 use tempfile::TempDir;
 
@@ -20,7 +20,7 @@ impl Server {
     pub async fn user(&self, username: &str) -> User {
         let home = tempfile::tempdir().unwrap();
         let client = Client::open(home.path(), self.inner.url()).unwrap();
-        client.register(username).await.unwrap();
+        client.register(&name(username)).await.unwrap();
         User {
             client,
             _home: home,
@@ -50,7 +50,7 @@ impl User {
             .collect()
     }
 
-    pub fn history(&self, conversation: &str) -> Vec<StoredMessage> {
+    pub fn history(&self, conversation: ConversationId) -> Vec<StoredMessage> {
         self.client.history(conversation).unwrap()
     }
 }
@@ -59,4 +59,9 @@ pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
         .collect()
+}
+
+/// A username written in a test.
+pub fn name(text: &str) -> Username {
+    text.parse().unwrap()
 }

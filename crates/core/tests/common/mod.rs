@@ -83,7 +83,7 @@ impl World {
         u.devices.push(id);
         u.list_version += 1;
         let mut trust = MemoryTrustStore::default();
-        sotto_core::TrustStore::pin_identity(&mut trust, &username, u.identity.public());
+        sotto_core::TrustStore::pin_identity(&mut trust, &username, u.identity.public()).unwrap();
         self.devs.insert(
             id,
             Dev {
