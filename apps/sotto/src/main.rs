@@ -55,6 +55,7 @@ enum Command {
     /// Create an account with this device.
     Register {
         /// 3-32 characters of a-z, 0-9, '.', '_' or '-'.
+        #[arg(value_parser = parse_username)]
         username: Username,
     },
     /// Show this profile's username, device id and safety fingerprint.
@@ -101,11 +102,13 @@ enum Command {
     /// Print the safety number with a user (compare it in person or on a call).
     SafetyNumber {
         /// The other user.
+        #[arg(value_parser = parse_username)]
         username: Username,
     },
     /// Mark a user verified if the safety number matches.
     Verify {
         /// The other user.
+        #[arg(value_parser = parse_username)]
         username: Username,
         /// The 60 digits (spaces allowed).
         number: String,
@@ -176,7 +179,7 @@ enum GroupCommand {
         /// The group's name.
         name: String,
         /// Members, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(value_parser = parse_username, long, value_delimiter = ',', required = true)]
         members: Vec<Username>,
     },
     /// Add users to a group.
@@ -184,7 +187,7 @@ enum GroupCommand {
         /// The group's name or id (or its first digits).
         conversation: String,
         /// Users to add.
-        #[arg(required = true)]
+        #[arg(value_parser = parse_username, required = true)]
         users: Vec<Username>,
     },
     /// Remove users from a group.
@@ -192,7 +195,7 @@ enum GroupCommand {
         /// The group's name or id (or its first digits).
         conversation: String,
         /// Users to remove.
-        #[arg(required = true)]
+        #[arg(value_parser = parse_username, required = true)]
         users: Vec<Username>,
     },
     /// List a conversation's members and their devices.
@@ -223,13 +226,13 @@ impl From<ClientError> for Failure {
             | ClientError::NotAMember(_)
             | ClientError::NoAttachment(_)
             | ClientError::RemovingThisDevice
+            | ClientError::UnknownDevice(_)
             | ClientError::InvalidLinkCode
             | ClientError::InvalidServer { .. }
             | ClientError::CaCertificate(_) => 2,
             ClientError::UnknownUser(_)
             | ClientError::UnknownConversation(_)
-            | ClientError::UnknownMessage(_)
-            | ClientError::UnknownDevice(_) => 3,
+            | ClientError::UnknownMessage(_) => 3,
             ClientError::Refused(_) => 5,
             ClientError::Contention { .. } => 6,
             _ => 1,
@@ -252,7 +255,28 @@ impl From<ClientError> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::error::ErrorKind;
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        // One line, like every other error: what was wrong; `--help` shows the rest.
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("sotto: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -504,6 +528,11 @@ fn print_events(json_mode: bool, events: &[Event]) {
             println!("{line}");
         }
     }
+}
+
+/// A username as a person typed it (letter case aside).
+fn parse_username(s: &str) -> Result<Username, String> {
+    Username::parse(s).map_err(|e| format!("invalid username {s:?}: {e}"))
 }
 
 /// A disappearing-messages timer: seconds, or `None` for off.

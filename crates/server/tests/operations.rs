@@ -216,7 +216,8 @@ async fn a_server_without_a_blob_directory_says_attachments_are_disabled() {
     );
 }
 
-#[tokio::test]
+/// On tokio's paused clock, with the expiry loop at its production interval.
+#[tokio::test(start_paused = true)]
 async fn attachments_expire_after_the_retention() {
     let (h, blobs) = with_blobs(1024);
     let alice = h.register("alice", 1, 1).await;
@@ -240,15 +241,15 @@ async fn attachments_expire_after_the_retention() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(blobs.join(&old).exists(), "not swept yet");
 
-    // One tick of the expiry loop deletes the file; the young one stays.
-    let task = tokio::spawn(expire_loop(
-        h.state.clone(),
-        std::time::Duration::from_millis(20),
-    ));
-    // Polls the observable state; the bound only catches a sweep that never runs.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while blobs.join(&old).exists() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // A sweep of the expiry loop deletes the file; the young one stays. Each turn
+    // waits one interval of virtual time.
+    let every = std::time::Duration::from_secs(60);
+    let task = tokio::spawn(expire_loop(h.state.clone(), every));
+    let mut sweeps = 0;
+    while blobs.join(&old).exists() {
+        tokio::time::sleep(every).await;
+        sweeps += 1;
+        assert!(sweeps <= 3, "the expired blob was not swept");
     }
     h.state.begin_shutdown();
     task.await.unwrap();
