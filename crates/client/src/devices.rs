@@ -107,7 +107,7 @@ impl Client {
             .transport
             .account(&account.token, &account.username)
             .await?;
-        if info.identity_key != account.identity.public()
+        if info.device_list.identity_key() != &account.identity.public()
             || info.device_list.device(device_id).is_none()
         {
             return Err(ClientError::Link(

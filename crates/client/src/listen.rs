@@ -192,14 +192,18 @@ impl Client {
                 body: body.into(),
                 received_at,
             };
-            if let Err(e) = self.process_entry(&account, entry) {
+            if let Err(e) = self.process_entry(&account, entry).await {
                 let _ = socket
                     .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
                         code: CloseCode::Normal,
                         reason: "".into(),
                     }))
                     .await;
-                return Ended::Fatal(e);
+                return match e {
+                    // The directory could not be asked: reconnect and try again.
+                    ClientError::Network { .. } | ClientError::Server { .. } => Ended::Retry,
+                    e => Ended::Fatal(e),
+                };
             }
             if let Err(e) = self.commit_pending_proposals().await {
                 return match e {

@@ -10,7 +10,7 @@ use sotto_api::{
     MessageRequest, MessageResponse, PublishRequest, RegisterRequest, RegisterResponse,
     UploadAttachmentResponse, UploadKeyPackagesRequest,
 };
-use sotto_proto::{ConversationId, DeviceId, DeviceList, IdentityPublicKey, MessageId, Username};
+use sotto_proto::{ConversationId, DeviceId, DeviceList, MessageId, Username};
 
 use crate::error::ClientError;
 
@@ -28,9 +28,8 @@ pub struct Transport {
 /// A user's directory entry.
 #[derive(Debug, Clone)]
 pub struct AccountInfo {
-    /// The account identity key.
-    pub identity_key: IdentityPublicKey,
-    /// The current signed device list.
+    /// The current signed device list (checked to be the user's, and signed by the
+    /// identity key the directory names; still to be accepted against the pin).
     pub device_list: DeviceList,
 }
 
@@ -218,10 +217,17 @@ impl Transport {
                 url: self.base.clone(),
                 reason: format!("the server sent an unreadable device list: {e}"),
             })?;
-        Ok(AccountInfo {
-            identity_key: answer.identity_key,
-            device_list,
-        })
+        // The identity key field itself proves nothing: only the key that signed the
+        // list counts, and the list must be the one of the user asked about.
+        if device_list.username() != username || device_list.identity_key() != &answer.identity_key
+        {
+            return Err(ClientError::Refused(
+                sotto_core::Refusal::InconsistentDirectory {
+                    username: username.clone(),
+                },
+            ));
+        }
+        Ok(AccountInfo { device_list })
     }
 
     /// `PUT /v1/devices`.

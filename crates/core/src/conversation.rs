@@ -22,8 +22,7 @@ use crate::config::ConversationConfig;
 use crate::content::{ContentError, Envelope};
 use crate::identity::LocalDevice;
 use crate::trust::{
-    self, PendingPins, Refusal, TrustError, TrustStore, TrustStoreError, VerifiedDevice,
-    certificate_of,
+    self, Listing, Refusal, TrustError, TrustStore, TrustStoreError, VerifiedDevice, certificate_of,
 };
 
 /// What went wrong with a conversation operation.
@@ -103,6 +102,12 @@ pub enum ConversationError {
     /// The MLS state could not be read or written (its database).
     #[error("the conversation store failed: {0}")]
     Storage(#[source] BoxError),
+    /// Checking the devices needs these users' device lists, which this client does not
+    /// hold (or holds in a version that may be outdated): fetch them from the
+    /// directory, accept them with [`crate::accept_device_list`], and try again. Nothing
+    /// changed.
+    #[error("the device lists of {} are needed first", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    DeviceListsNeeded(Vec<Username>),
     /// The trust store failed (its database); nothing was accepted.
     #[error(transparent)]
     TrustStore(#[from] TrustStoreError),
@@ -172,6 +177,15 @@ fn storage(e: impl std::error::Error + Send + Sync + 'static) -> ConversationErr
 
 pub(crate) fn mls(e: impl Into<BoxError>) -> ConversationError {
     ConversationError::Mls(e.into())
+}
+
+/// A trust check's failure other than a refusal.
+fn distrusted(e: TrustError) -> ConversationError {
+    match e {
+        TrustError::Store(e) => ConversationError::TrustStore(e),
+        TrustError::NoDeviceList(user) => ConversationError::DeviceListsNeeded(vec![user]),
+        TrustError::Refused(r) => ConversationError::RefusedWelcome(r),
+    }
 }
 
 fn malformed(e: impl Into<BoxError>) -> ConversationError {
@@ -426,15 +440,30 @@ impl Conversation {
         let id = ConversationId::from_slice(staged.group_context().group_id().as_slice())
             .ok_or_else(|| malformed("group id is not a conversation id"))?;
 
-        let mut pins = PendingPins::default();
+        // Every member's device list first, all at once: the caller fetches them.
+        let mut needed: Vec<Username> = Vec::new();
+        for member in staged.members() {
+            let cert =
+                certificate_of(&member.credential).map_err(ConversationError::RefusedWelcome)?;
+            if !needed.contains(cert.username()) && trust.device_list(cert.username())?.is_none() {
+                needed.push(cert.username().clone());
+            }
+        }
+        if !needed.is_empty() {
+            return Err(ConversationError::DeviceListsNeeded(needed));
+        }
         let mut seen = Vec::new();
         for member in staged.members() {
-            let device =
-                trust::verify_leaf(&member.credential, &member.signature_key, trust, &mut pins)
-                    .map_err(|e| match e {
-                        TrustError::Refused(r) => ConversationError::RefusedWelcome(r),
-                        TrustError::Store(e) => ConversationError::TrustStore(e),
-                    })?;
+            let device = trust::verify_leaf(
+                &member.credential,
+                &member.signature_key,
+                trust,
+                Listing::Reported,
+            )
+            .map_err(|e| match e {
+                TrustError::Refused(r) => ConversationError::RefusedWelcome(r),
+                other => distrusted(other),
+            })?;
             if seen.contains(&device.device_id) {
                 return Err(ConversationError::RefusedWelcome(
                     Refusal::DuplicateDevice {
@@ -448,7 +477,6 @@ impl Conversation {
         let sender = staged.welcome_sender().map_err(mls)?;
         let added_by = entry_of(staged.welcome_sender_index(), sender.credential())?;
         let group = staged.into_group(provider).map_err(mls)?;
-        pins.apply(trust)?;
         Ok(Joined {
             conversation: Self { id, group },
             added_by,
@@ -476,6 +504,35 @@ impl Conversation {
         self.group.epoch_authenticator().as_slice().to_vec()
     }
 
+    /// Members whose device is not in their account's newest device list held in
+    /// `trust` (a device removed from its account, or one a member added that was never
+    /// listed): the client commits their removal before it sends anything here. Asks
+    /// for the lists it lacks with [`ConversationError::DeviceListsNeeded`].
+    pub fn unlisted(&self, trust: &dyn TrustStore) -> Result<Vec<RosterEntry>, ConversationError> {
+        let mut needed = Vec::new();
+        let mut unlisted = Vec::new();
+        for member in self.group.members() {
+            let cert = certificate_of(&member.credential).map_err(|r| self.refused(r))?;
+            match trust.device_list(cert.username())? {
+                None => {
+                    if !needed.contains(cert.username()) {
+                        needed.push(cert.username().clone());
+                    }
+                }
+                Some(list) if !trust::is_listed(&list, &cert) => unlisted.push(RosterEntry {
+                    username: cert.username().clone(),
+                    device_id: cert.device_id(),
+                    leaf: member.index.u32(),
+                }),
+                Some(_) => {}
+            }
+        }
+        if !needed.is_empty() {
+            return Err(ConversationError::DeviceListsNeeded(needed));
+        }
+        Ok(unlisted)
+    }
+
     /// The member devices.
     pub fn roster(&self) -> Result<Roster, ConversationError> {
         let mut entries = self
@@ -499,7 +556,7 @@ impl Conversation {
     fn distrusted(&self, e: TrustError) -> ConversationError {
         match e {
             TrustError::Refused(r) => self.refused(r),
-            TrustError::Store(e) => ConversationError::TrustStore(e),
+            other => distrusted(other),
         }
     }
 
@@ -517,7 +574,6 @@ impl Conversation {
         &self,
         provider: &P,
         trust: &dyn TrustStore,
-        pins: &mut PendingPins,
         claimed: &[ClaimedKeyPackage],
     ) -> Result<Vec<(VerifiedDevice, KeyPackage)>, ConversationError> {
         let roster = self.roster()?;
@@ -531,19 +587,20 @@ impl Conversation {
                 return Err(mls("key package uses another cipher suite"));
             }
             let leaf = kp.leaf_node();
+            let offered = certificate_of(leaf.credential()).map_err(|r| self.refused(r))?;
+            if offered.username() != &c.username {
+                return Err(self.refused(Refusal::WrongAccount {
+                    expected: c.username.clone(),
+                    found: offered.username().clone(),
+                }));
+            }
             let device = trust::verify_leaf(
                 leaf.credential(),
                 leaf.signature_key().as_slice(),
                 trust,
-                pins,
+                Listing::Required,
             )
             .map_err(|e| self.distrusted(e))?;
-            if device.username != c.username {
-                return Err(self.refused(Refusal::WrongAccount {
-                    expected: c.username.clone(),
-                    found: device.username,
-                }));
-            }
             if roster.contains(device.device_id)
                 || out.iter().any(|(d, _)| d.device_id == device.device_id)
             {
@@ -570,14 +627,12 @@ impl Conversation {
         if claimed.is_empty() {
             return Err(ConversationError::NotAMember("nobody to add".into()));
         }
-        let mut pins = PendingPins::default();
-        let checked = self.checked_key_packages(provider, trust, &mut pins, claimed)?;
+        let checked = self.checked_key_packages(provider, trust, claimed)?;
         let kps: Vec<KeyPackage> = checked.into_iter().map(|(_, kp)| kp).collect();
         let (commit, welcome, _) = self
             .group
             .add_members(provider, me.signer(), &kps)
             .map_err(mls)?;
-        pins.apply(trust)?;
         self.outgoing(commit, Some(welcome))
     }
 
@@ -932,26 +987,22 @@ impl Conversation {
                 }))
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
-                let mut pins = PendingPins::default();
-                self.check_proposal(&proposal, sender, trust, &mut pins)?;
-                self.check_standalone_remove(&proposal, sender)?;
+                self.check_standalone_proposal(&proposal, sender)?;
+                self.check_proposal(&proposal, sender, trust)?;
                 self.group
                     .store_pending_proposal(provider.storage(), *proposal)
                     .map_err(storage)?;
-                pins.apply(trust)?;
                 Ok(Incoming::Proposal {
                     proposer: sender_entry,
                 })
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
-                let mut pins = PendingPins::default();
-                self.check_commit(&staged, sender, trust, &mut pins)?;
+                self.check_commit(&staged, sender, trust)?;
                 let (added, removed) = self.device_changes(&staged)?;
                 let removed_me = staged.self_removed();
                 self.group
                     .merge_staged_commit(provider, *staged)
                     .map_err(mls)?;
-                pins.apply(trust)?;
                 Ok(Incoming::Commit {
                     committer: sender_entry,
                     change: self.change_after_merge(added, removed, removed_me),
@@ -970,7 +1021,6 @@ impl Conversation {
         queued: &QueuedProposal,
         sender: LeafNodeIndex,
         trust: &dyn TrustStore,
-        pins: &mut PendingPins,
     ) -> Result<(), ConversationError> {
         match queued.proposal() {
             Proposal::Add(add) => {
@@ -979,13 +1029,13 @@ impl Conversation {
                     leaf.credential(),
                     leaf.signature_key().as_slice(),
                     trust,
-                    pins,
+                    Listing::Reported,
                 )
                 .map_err(|e| self.distrusted(e))?;
             }
             Proposal::Update(update) => {
                 let leaf = update.leaf_node();
-                self.check_leaf_replacement(sender, leaf, trust, pins)?;
+                self.check_leaf_replacement(sender, leaf, trust)?;
             }
             Proposal::Remove(_) | Proposal::SelfRemove => {}
             Proposal::PreSharedKey(_) => return Err(self.unsupported("pre-shared key proposal")),
@@ -999,16 +1049,23 @@ impl Conversation {
         Ok(())
     }
 
-    /// A member may propose removing only its own account's devices (leaving), since
-    /// other members' clients commit queued proposals on their own; removing someone
-    /// else takes a commit, whose author everyone sees.
-    fn check_standalone_remove(
+    /// A standalone proposal may only remove the proposer's own account's devices
+    /// (leaving), since other members' clients commit queued proposals on their own;
+    /// adding, updating or removing someone else takes a commit, whose author everyone
+    /// sees.
+    fn check_standalone_proposal(
         &self,
         queued: &QueuedProposal,
         sender: LeafNodeIndex,
     ) -> Result<(), ConversationError> {
-        let Proposal::Remove(remove) = queued.proposal() else {
-            return Ok(());
+        let remove = match queued.proposal() {
+            Proposal::Remove(remove) => remove,
+            // Sotto adds and updates only by commit, whose author every member sees; a
+            // standalone proposal would let any member slip a device in through
+            // whoever commits next.
+            Proposal::Add(_) => return Err(self.unsupported("a standalone add proposal")),
+            Proposal::Update(_) => return Err(self.unsupported("a standalone update proposal")),
+            _ => return Ok(()),
         };
         let user_at = |leaf: LeafNodeIndex| -> Result<Username, ConversationError> {
             let member = self
@@ -1033,13 +1090,12 @@ impl Conversation {
         index: LeafNodeIndex,
         leaf: &openmls::prelude::LeafNode,
         trust: &dyn TrustStore,
-        pins: &mut PendingPins,
     ) -> Result<(), ConversationError> {
         let new = trust::verify_leaf(
             leaf.credential(),
             leaf.signature_key().as_slice(),
             trust,
-            pins,
+            Listing::Reported,
         )
         .map_err(|e| self.distrusted(e))?;
         let old = self
@@ -1064,17 +1120,16 @@ impl Conversation {
         staged: &StagedCommit,
         committer: LeafNodeIndex,
         trust: &dyn TrustStore,
-        pins: &mut PendingPins,
     ) -> Result<(), ConversationError> {
         for queued in staged.queued_proposals() {
             let proposer = match queued.sender() {
                 Sender::Member(i) => *i,
                 _ => return Err(self.unsupported("proposal from outside the group")),
             };
-            self.check_proposal(queued, proposer, trust, pins)?;
+            self.check_proposal(queued, proposer, trust)?;
         }
         if let Some(leaf) = staged.update_path_leaf_node() {
-            self.check_leaf_replacement(committer, leaf, trust, pins)?;
+            self.check_leaf_replacement(committer, leaf, trust)?;
         }
         // No device may end up in the group twice.
         let removed: Vec<u32> = staged

@@ -19,7 +19,8 @@ use sotto_proto::{
 #[error("the trust store failed: {0}")]
 pub struct TrustStoreError(#[source] pub crate::conversation::BoxError);
 
-/// Why a trust check did not accept: a refusal (a security event), or a store failure.
+/// Why a trust check did not accept: a refusal (a security event), a store failure,
+/// or a user whose device list this client does not hold yet.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrustError {
@@ -29,12 +30,19 @@ pub enum TrustError {
     /// The trust store failed; nothing was decided.
     #[error(transparent)]
     Store(#[from] TrustStoreError),
+    /// No verified device list is held for this user: fetch it from the directory,
+    /// accept it ([`accept_device_list`]) and check again. Identity keys are pinned
+    /// from the directory only, never from what a group member shows.
+    #[error("{0}'s device list is needed to check their device")]
+    NoDeviceList(Username),
 }
 
-/// The client's memory of which identity key belongs to which username, and of the
-/// newest device list seen for each. The client crate keeps it in its database; tests
-/// use [`MemoryTrustStore`]. Every call may fail (a database error); a failure makes
-/// the whole operation fail, so nothing half-checked is ever accepted.
+/// The client's memory of which identity key belongs to which username (pinned from
+/// the directory on first use), and of the newest device list accepted for each: a
+/// device takes part in a conversation only if that list names it. The client crate
+/// keeps it in its database; tests use [`MemoryTrustStore`]. Every call may fail (a
+/// database error); a failure makes the whole operation fail, so nothing half-checked
+/// is ever accepted.
 pub trait TrustStore {
     /// The identity key pinned for `username`, if any.
     fn pinned_identity(
@@ -47,25 +55,17 @@ pub trait TrustStore {
         username: &Username,
         key: IdentityPublicKey,
     ) -> Result<(), TrustStoreError>;
-    /// Version and digest of the newest device list accepted for `username`.
-    fn seen_device_list(
-        &self,
-        username: &Username,
-    ) -> Result<Option<(u64, [u8; 32])>, TrustStoreError>;
-    /// Remembers the newest device list accepted for `username`.
-    fn record_device_list(
-        &mut self,
-        username: &Username,
-        version: u64,
-        digest: [u8; 32],
-    ) -> Result<(), TrustStoreError>;
+    /// The newest device list accepted for `username`.
+    fn device_list(&self, username: &Username) -> Result<Option<DeviceList>, TrustStoreError>;
+    /// Remembers `list` as the newest accepted for its user.
+    fn record_device_list(&mut self, list: &DeviceList) -> Result<(), TrustStoreError>;
 }
 
 /// An in-memory [`TrustStore`].
 #[derive(Debug, Default, Clone)]
 pub struct MemoryTrustStore {
     pins: BTreeMap<Username, IdentityPublicKey>,
-    lists: BTreeMap<Username, (u64, [u8; 32])>,
+    lists: BTreeMap<Username, DeviceList>,
 }
 
 impl TrustStore for MemoryTrustStore {
@@ -80,22 +80,17 @@ impl TrustStore for MemoryTrustStore {
         username: &Username,
         key: IdentityPublicKey,
     ) -> Result<(), TrustStoreError> {
-        self.pins.insert(username.clone(), key);
+        if self.pins.insert(username.clone(), key) != Some(key) {
+            // A new key makes the lists signed by the old one worthless.
+            self.lists.remove(username);
+        }
         Ok(())
     }
-    fn seen_device_list(
-        &self,
-        username: &Username,
-    ) -> Result<Option<(u64, [u8; 32])>, TrustStoreError> {
-        Ok(self.lists.get(username).copied())
+    fn device_list(&self, username: &Username) -> Result<Option<DeviceList>, TrustStoreError> {
+        Ok(self.lists.get(username).cloned())
     }
-    fn record_device_list(
-        &mut self,
-        username: &Username,
-        version: u64,
-        digest: [u8; 32],
-    ) -> Result<(), TrustStoreError> {
-        self.lists.insert(username.clone(), (version, digest));
+    fn record_device_list(&mut self, list: &DeviceList) -> Result<(), TrustStoreError> {
+        self.lists.insert(list.username().clone(), list.clone());
         Ok(())
     }
 }
@@ -138,6 +133,13 @@ pub enum Refusal {
         expected: Username,
         /// Whom it certifies.
         found: Username,
+    },
+    /// The directory's answer for a user contradicts itself: its device list is
+    /// another user's, or is signed by a key other than the identity key it names.
+    #[error("the directory's answer for {username} is inconsistent (a lying server?)")]
+    InconsistentDirectory {
+        /// The user looked up.
+        username: Username,
     },
     /// A key package's device is not in its account's current device list.
     #[error("{username}'s device {device} is not in their current device list")]
@@ -192,61 +194,28 @@ pub(crate) fn certificate_of(credential: &Credential) -> Result<DeviceCertificat
     DeviceCertificate::from_bytes(basic.identity()).map_err(|_| Refusal::NotACertificate)
 }
 
-/// New pins collected while checking a batch of leaves; applied only when the whole
-/// operation is accepted, so a refused commit pins nothing.
-#[derive(Debug, Default)]
-pub(crate) struct PendingPins(Vec<(Username, IdentityPublicKey)>);
-
-impl PendingPins {
-    fn lookup(
-        &self,
-        trust: &dyn TrustStore,
-        username: &Username,
-    ) -> Result<Option<IdentityPublicKey>, TrustStoreError> {
-        Ok(trust
-            .pinned_identity(username)?
-            .or_else(|| self.0.iter().find(|(u, _)| u == username).map(|(_, k)| *k)))
-    }
-
-    /// Checks `key` against the pin for `username` (or a pin made earlier in this
-    /// batch), and schedules a first-use pin if there is none.
-    pub(crate) fn check(
-        &mut self,
-        trust: &dyn TrustStore,
-        username: &Username,
-        key: IdentityPublicKey,
-    ) -> Result<(), TrustError> {
-        match self.lookup(trust, username)? {
-            Some(pinned) if pinned == key => Ok(()),
-            Some(pinned) => Err(Refusal::IdentityKeyChanged {
-                username: username.clone(),
-                pinned,
-                offered: key,
-            }
-            .into()),
-            None => {
-                self.0.push((username.clone(), key));
-                Ok(())
-            }
-        }
-    }
-
-    /// Writes the collected pins to the trust store.
-    pub(crate) fn apply(self, trust: &mut dyn TrustStore) -> Result<(), TrustStoreError> {
-        for (username, key) in self.0 {
-            trust.pin_identity(&username, key)?;
-        }
-        Ok(())
-    }
+/// Whether a leaf's device must be in its account's newest device list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listing {
+    /// Devices this client adds: a device missing from the list is refused, whatever
+    /// KeyPackage the server returned for it.
+    Required,
+    /// Devices others added (commits, a Welcome's tree): a group's history must be
+    /// processed as it happened, and a device may have been listed when it was added
+    /// and removed since. Such a device is reported by [`crate::Conversation::unlisted`]
+    /// and its removal committed before this client sends anything.
+    Reported,
 }
 
-/// The full leaf check: certificate present, certifies `signature_key`, verifies, and
-/// was signed by the trusted identity key for its username.
+/// The leaf check: certificate present, certifies `signature_key`, verifies, and is
+/// signed by the identity key pinned for its username, which comes from the user's
+/// device list as fetched from the directory (never from what a member shows); with
+/// [`Listing::Required`], also the very certificate that list holds.
 pub(crate) fn verify_leaf(
     credential: &Credential,
     signature_key: &[u8],
     trust: &dyn TrustStore,
-    pins: &mut PendingPins,
+    listing: Listing,
 ) -> Result<VerifiedDevice, TrustError> {
     let cert = certificate_of(credential)?;
     if cert.device_key().as_slice() != signature_key {
@@ -257,7 +226,24 @@ pub(crate) fn verify_leaf(
         .into());
     }
     cert.verify().map_err(Refusal::from)?;
-    pins.check(trust, cert.username(), *cert.identity_key())?;
+    let Some(list) = trust.device_list(cert.username())? else {
+        return Err(TrustError::NoDeviceList(cert.username().clone()));
+    };
+    if list.identity_key() != cert.identity_key() {
+        return Err(Refusal::IdentityKeyChanged {
+            username: cert.username().clone(),
+            pinned: *list.identity_key(),
+            offered: *cert.identity_key(),
+        }
+        .into());
+    }
+    if listing == Listing::Required && !is_listed(&list, &cert) {
+        return Err(Refusal::NotInDeviceList {
+            username: cert.username().clone(),
+            device: cert.device_id(),
+        }
+        .into());
+    }
     Ok(VerifiedDevice {
         username: cert.username().clone(),
         device_id: cert.device_id(),
@@ -265,16 +251,35 @@ pub(crate) fn verify_leaf(
     })
 }
 
+/// Whether `list` names exactly this certificate.
+pub(crate) fn is_listed(list: &DeviceList, cert: &DeviceCertificate) -> bool {
+    list.device(cert.device_id()) == Some(cert)
+}
+
 /// Accepts a device list fetched from the directory: it must verify, be signed by the
-/// pinned identity key (pinning it on first use), and not be older than, or conflict
-/// with, the newest list seen. On success the trust store remembers it.
+/// pinned identity key (pinning it on first use: the only place a pin is made), and not
+/// be older than, or conflict with, the newest list seen. On success the trust store
+/// keeps it as the user's current list.
 pub fn accept_device_list(trust: &mut dyn TrustStore, list: &DeviceList) -> Result<(), TrustError> {
     list.verify().map_err(Refusal::from)?;
-    let mut pins = PendingPins::default();
-    pins.check(trust, list.username(), *list.identity_key())?;
-    list.check_not_rollback(trust.seen_device_list(list.username())?)
-        .map_err(Refusal::from)?;
-    pins.apply(trust)?;
-    trust.record_device_list(list.username(), list.version(), list.digest())?;
+    let pinned = trust.pinned_identity(list.username())?;
+    if let Some(pinned) = pinned
+        && pinned != *list.identity_key()
+    {
+        return Err(Refusal::IdentityKeyChanged {
+            username: list.username().clone(),
+            pinned,
+            offered: *list.identity_key(),
+        }
+        .into());
+    }
+    let seen = trust
+        .device_list(list.username())?
+        .map(|l| (l.version(), l.digest()));
+    list.check_not_rollback(seen).map_err(Refusal::from)?;
+    if pinned.is_none() {
+        trust.pin_identity(list.username(), *list.identity_key())?;
+    }
+    trust.record_device_list(list)?;
     Ok(())
 }

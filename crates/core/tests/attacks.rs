@@ -555,3 +555,139 @@ fn a_proposal_to_remove_another_user_is_refused_but_leaving_is_accepted() {
         .expect("a commit for carol's leave");
     assert_eq!(out.metadata.removed, vec![carol]);
 }
+
+/// Issue 12, first demonstration: bob removed a device from his account; the server
+/// kept one of its KeyPackages and hands it out beside bob's current ones. alice adds
+/// bob device by device (the path taken when bob is partly present, or when the count
+/// of KeyPackages differs from the list): the removed device is refused, and nothing
+/// is committed.
+#[test]
+fn a_removed_devices_key_package_is_refused_on_every_add_path() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    let bob = w.register("bob", 2);
+    let stale = w.key_packages("bob");
+    // bob removes his second device: a new list without it.
+    w.remove_device("bob", bob[1]);
+    let current = w.key_packages("bob");
+    let conv = w.create(alice);
+    w.directory(alice, &[name("bob")]).unwrap();
+    let claimed: Vec<ClaimedKeyPackage> = current
+        .key_packages
+        .iter()
+        .chain(&stale.key_packages[1..])
+        .map(|kp| ClaimedKeyPackage {
+            username: name("bob"),
+            bytes: kp.clone(),
+        })
+        .collect();
+    let epoch = w.devs[&alice].convs[&conv].epoch();
+    let dev = w.devs.get_mut(&alice).unwrap();
+    let conversation = dev.convs.get_mut(&conv).unwrap();
+    let err = conversation
+        .add_devices(&dev.provider, &dev.local, &mut dev.trust, &claimed)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.security_event().map(|e| e.refusal),
+            Some(Refusal::NotInDeviceList { device, .. }) if device == bob[1]
+        ),
+        "{err}"
+    );
+    // The whole-user path refuses it too.
+    let err = conversation
+        .add_users(
+            &dev.provider,
+            &dev.local,
+            &mut dev.trust,
+            &[UserKeyPackages {
+                device_list: current.device_list.clone(),
+                key_packages: claimed.iter().map(|c| c.bytes.clone()).collect(),
+            }],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.security_event().map(|e| e.refusal),
+            Some(Refusal::NotInDeviceList { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(conversation.epoch(), epoch, "nothing was committed");
+    // bob's current device alone is added.
+    w.add_users(alice, conv, &["bob"]);
+    assert_eq!(w.members(alice, conv), {
+        let mut m = vec![alice, bob[0]];
+        m.sort();
+        m
+    });
+}
+
+/// A group member's device removed from its account stays a member until someone
+/// commits its removal: every client sees it as unlisted (and removes it before
+/// sending, see the client's reconciliation).
+#[test]
+fn a_device_removed_from_its_account_is_reported_as_unlisted() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    let bob = w.register("bob", 2);
+    let conv = w.create(alice);
+    w.add_users(alice, conv, &["bob"]);
+    let conversation = &w.devs[&alice].convs[&conv];
+    assert!(
+        conversation
+            .unlisted(&w.devs[&alice].trust)
+            .unwrap()
+            .is_empty()
+    );
+    w.remove_device("bob", bob[1]);
+    // Until alice holds bob's new list, nothing looks wrong; with it, bob's second
+    // device is unlisted.
+    w.directory(alice, &[name("bob")]).unwrap();
+    let conversation = &w.devs[&alice].convs[&conv];
+    let unlisted = conversation.unlisted(&w.devs[&alice].trust).unwrap();
+    assert_eq!(
+        unlisted.iter().map(|e| e.device_id).collect::<Vec<_>>(),
+        vec![bob[1]]
+    );
+    // A device that holds no list for a member asks for it first.
+    let fresh = w.add_device("alice");
+    let copy = sotto_core::Conversation::load(&w.devs[&alice].provider, conv)
+        .unwrap()
+        .unwrap();
+    w.devs.get_mut(&fresh).unwrap().convs.insert(conv, copy);
+    assert!(matches!(
+        w.devs[&fresh].convs[&conv].unlisted(&w.devs[&fresh].trust),
+        Err(ConversationError::DeviceListsNeeded(_))
+    ));
+}
+
+/// Sotto adds and updates members only by commit: a standalone Add proposal from a
+/// member (which whoever commits next would carry out) is refused, even for a
+/// properly certified and listed device.
+#[test]
+fn a_standalone_add_proposal_is_refused() {
+    let (mut w, conv, alice, bob, _) = trio();
+    let dave = w.register("dave", 1)[0];
+    let kp = {
+        let d = &w.devs[&dave];
+        let bytes = sotto_core::generate_key_packages(&d.provider, &d.local, &w.config, 1)
+            .unwrap()
+            .one_time
+            .remove(0);
+        <openmls::prelude::KeyPackageIn as openmls::prelude::tls_codec::Deserialize>::tls_deserialize_exact(bytes.as_slice())
+            .unwrap()
+            .validate(d.provider.crypto(), openmls::prelude::ProtocolVersion::Mls10)
+            .unwrap()
+    };
+    let mut group = raw_group(&w, bob, conv);
+    let (proposal, _) = group
+        .propose_add_member(&w.devs[&bob].provider, w.devs[&bob].local.signer(), &kp)
+        .unwrap();
+    let bytes = proposal.tls_serialize_detached().unwrap();
+    w.directory(alice, &[name("dave")]).unwrap();
+    assert_refused(
+        w.process(alice, conv, &bytes),
+        |r| matches!(r, Refusal::UnsupportedOperation(what) if what.contains("standalone add")),
+    );
+}

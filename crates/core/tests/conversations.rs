@@ -46,6 +46,7 @@ fn group_of_five_users_with_two_devices_each() {
     let dev0 = devices[0];
     {
         let kp = w.key_packages("ann");
+        w.directory(dev0, &[name("ann")]).unwrap();
         let dev = w.devs.get_mut(&dev0).unwrap();
         let claimed: Vec<_> = kp.key_packages[1..]
             .iter()

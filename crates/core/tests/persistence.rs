@@ -72,6 +72,13 @@ fn scenario() -> (Device, Device, Vec<u8>) {
     let config = ConversationConfig::default();
     let mut alice = Device::new("alice");
     let mut bob = Device::new("bob");
+    for cert in [
+        alice.local.certificate().clone(),
+        bob.local.certificate().clone(),
+    ] {
+        knows(&mut alice, &cert);
+        knows(&mut bob, &cert);
+    }
     let mut a = Conversation::create(&alice.provider, &alice.local, CONV, &config).unwrap();
     let kp = generate_key_packages(&bob.provider, &bob.local, &config, 1)
         .unwrap()
@@ -111,8 +118,34 @@ fn scenario() -> (Device, Device, Vec<u8>) {
     (alice, bob, pending)
 }
 
+/// What each device's client holds of the other's account: its current device list.
+/// (The fixture keeps no identity secrets, so these lists are not signed: a trust
+/// store is the client's own, already checked record and is not verified again.)
+fn knows(device: &mut Device, cert: &DeviceCertificate) {
+    let cert = cert.clone();
+    let list = sotto_proto::DeviceList::from_parts(
+        sotto_proto::DeviceListFields {
+            username: cert.username().clone(),
+            identity_key: *cert.identity_key(),
+            version: 1,
+            devices: vec![cert.clone()],
+        },
+        [0; 64],
+    );
+    sotto_core::TrustStore::pin_identity(&mut device.trust, cert.username(), *cert.identity_key())
+        .unwrap();
+    sotto_core::TrustStore::record_device_list(&mut device.trust, &list).unwrap();
+}
+
 /// After a restore: alice reads bob's pending message, and both keep talking.
 fn continue_after_restore(mut alice: Device, mut bob: Device, pending: &[u8]) {
+    for cert in [
+        alice.local.certificate().clone(),
+        bob.local.certificate().clone(),
+    ] {
+        knows(&mut alice, &cert);
+        knows(&mut bob, &cert);
+    }
     let mut a = Conversation::load(&alice.provider, CONV)
         .unwrap()
         .expect("alice's conversation");

@@ -101,6 +101,10 @@ impl Sim {
         let Some(mut at) = self.cursor.get(&dev).copied() else {
             return;
         };
+        // The client fetches the lists of users it has not seen when the engine asks;
+        // here every device holds every user's current list before it catches up.
+        let everyone: Vec<_> = self.w.users.keys().cloned().collect();
+        self.w.directory(dev, &everyone).unwrap();
         while at < self.log.len() {
             let bytes = match &self.log[at] {
                 Entry::Commit(c) => c.commit.clone(),
@@ -152,7 +156,9 @@ impl Sim {
         self.roster.retain(|d| !removed.contains(d));
         self.roster.extend(added.iter().copied());
         let config = self.w.config.clone();
+        let users: Vec<_> = self.roster.iter().map(|d| self.w.owner(*d)).collect();
         for a in added {
+            self.w.directory(a, &users).unwrap();
             let d = self.w.devs.get_mut(&a).unwrap();
             let joined = Conversation::join(
                 &d.provider,

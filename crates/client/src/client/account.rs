@@ -74,23 +74,34 @@ impl Client {
 
     // ----- safety numbers -----
 
-    /// The safety number with `user` (fetching and pinning their key on first use).
+    /// The safety number with `user`, always from the key pinned for them (fetched from
+    /// the directory and pinned on first use, from the key that signed their list).
     pub async fn safety_number(&self, user: &Username) -> Result<SafetyNumber, ClientError> {
         let account = self.account()?;
-        let pinned = match self.read(|tx| tx.contact(user))? {
-            Some((key, _)) => key,
-            None => {
-                let info = self.transport.account(&account.token, user).await?;
-                self.write(|tx| {
-                    Ok(sotto_core::accept_device_list(
-                        &mut tx.trust(),
-                        &info.device_list,
-                    )?)
-                })?;
-                info.identity_key
-            }
-        };
+        if self.read(|tx| tx.contact(user))?.is_none() {
+            self.refresh_device_list(&account, user).await?;
+        }
+        let (pinned, _) = self
+            .read(|tx| tx.contact(user))?
+            .ok_or_else(|| ClientError::Corrupt("a contact pinned a moment ago".into()))?;
         Ok(SafetyNumber::new(&account.identity.public(), &pinned))
+    }
+
+    /// Fetches `user`'s device list from the directory and accepts it: verified,
+    /// signed by their pinned key (pinned now on first use), no rollback.
+    pub(crate) async fn refresh_device_list(
+        &self,
+        account: &Account,
+        user: &Username,
+    ) -> Result<DeviceList, ClientError> {
+        let info = self.transport.account(&account.token, user).await?;
+        self.write(|tx| {
+            Ok(sotto_core::accept_device_list(
+                &mut tx.trust(),
+                &info.device_list,
+            )?)
+        })?;
+        Ok(info.device_list)
     }
 
     /// Marks `user` verified if `number` matches the safety number; `Ok(false)`

@@ -270,12 +270,14 @@ impl Client {
             let outgoing = self.write(|tx| {
                 let mut conv = load(tx, id)?;
                 let mut trust = tx.trust();
-                // Whole users go in one commit; a user already partly present (own
-                // account, or a newly linked device) is added device by device.
-                let (whole, partial): (Vec<_>, Vec<_>) =
-                    packages.iter().partition(|(u, list, kps)| {
-                        !roster.users().contains_key(u) && kps.len() == list.devices().len()
-                    });
+                // A user not yet present goes in whole (a KeyPackage for every listed
+                // device, none for any other); a user already partly present (own
+                // account, or a newly linked device) is added device by device. Either
+                // way the engine admits only devices of the user's current list,
+                // however many KeyPackages the server returned.
+                let (whole, partial): (Vec<_>, Vec<_>) = packages
+                    .iter()
+                    .partition(|(u, _, _)| !roster.users().contains_key(u));
                 let result = if partial.is_empty() {
                     let users: Vec<UserKeyPackages> = whole
                         .iter()

@@ -33,7 +33,7 @@ impl Client {
             };
             for entry in entries {
                 joined |= entry.kind == EntryKind::Welcome;
-                self.process_entry(&account, entry)?;
+                self.process_entry(&account, entry).await?;
             }
             self.transport.ack(&account.token, last).await?;
         }
@@ -47,21 +47,58 @@ impl Client {
 
     /// Processes one mailbox entry in one transaction with the cursor move. An entry
     /// that fails is recorded (with the cursor moved past it) so it cannot wedge the
-    /// queue; the failure is returned as an event.
-    pub(crate) fn process_entry(&self, account: &Account, entry: Entry) -> Result<(), ClientError> {
+    /// queue; the failure is returned as an event. An entry whose devices cannot be
+    /// checked without their accounts' device lists (a new contact, a device this
+    /// client has not seen listed) fetches those lists from the directory once and is
+    /// checked again: a device the fresh list does not name is refused.
+    pub(crate) async fn process_entry(
+        &self,
+        account: &Account,
+        entry: Entry,
+    ) -> Result<(), ClientError> {
         let seq = entry.seq;
-        let now = self.now();
         if self.read(|tx| tx.counter("cursor"))? >= seq {
             return Ok(());
         }
-        // The events are queued in the same transaction as the state change, so a
-        // crash can neither lose them nor show them twice.
-        let processed = self.write(|tx| {
-            let events = handle(tx, &self.config, account, &entry, now)?;
-            tx.set_counter("cursor", seq)?;
-            queue(tx, &events)?;
-            Ok(())
-        });
+        let mut fetched: Vec<Username> = Vec::new();
+        let processed = loop {
+            let now = self.now();
+            // The events are queued in the same transaction as the state change, so a
+            // crash can neither lose them nor show them twice.
+            let processed = self.write(|tx| {
+                let events = handle(tx, &self.config, account, &entry, now)?;
+                tx.set_counter("cursor", seq)?;
+                queue(tx, &events)?;
+                Ok(())
+            });
+            let wanted: Vec<Username> = match &processed {
+                Err(e) => lists_wanted(e)
+                    .into_iter()
+                    .filter(|u| !fetched.contains(u))
+                    .collect(),
+                Ok(()) => Vec::new(),
+            };
+            if wanted.is_empty() {
+                break processed;
+            }
+            let mut refreshed = Ok(());
+            for user in wanted {
+                refreshed = self.refresh_device_list(account, &user).await.map(drop);
+                fetched.push(user);
+                if refreshed.is_err() {
+                    break;
+                }
+            }
+            match refreshed {
+                Ok(()) => {}
+                // Not this entry's fault: try it again later.
+                Err(e @ (ClientError::Network { .. } | ClientError::Server { .. })) => {
+                    return Err(e);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let now = self.now();
         match processed {
             Ok(()) => Ok(()),
             Err(e) if e.is_local() => Err(e),
@@ -107,5 +144,24 @@ impl Client {
     /// Recorded security events: (conversation, detail).
     pub fn security_events(&self) -> Result<Vec<(Option<ConversationId>, String)>, ClientError> {
         self.read(|tx| tx.events("security"))
+    }
+}
+
+/// The users whose device lists processing needs before it can decide: none held yet,
+/// or a device missing from the list held (which may be outdated).
+fn lists_wanted(e: &ClientError) -> Vec<Username> {
+    match e {
+        ClientError::Engine(ConversationError::DeviceListsNeeded(users)) => users.clone(),
+        ClientError::Engine(
+            ConversationError::Refused {
+                refusal: sotto_core::Refusal::NotInDeviceList { username, .. },
+                ..
+            }
+            | ConversationError::RefusedWelcome(sotto_core::Refusal::NotInDeviceList {
+                username,
+                ..
+            }),
+        ) => vec![username.clone()],
+        _ => Vec::new(),
     }
 }

@@ -25,7 +25,7 @@ use sotto_core::{
     IdentityKeyPair, Incoming, LocalDevice, OutgoingCommit, SafetyNumber, SecurityEvent,
     UserKeyPackages, generate_key_packages,
 };
-use sotto_proto::{ConversationId, DeviceId, MessageId, Username};
+use sotto_proto::{ConversationId, DeviceId, DeviceList, MessageId, Username};
 use tokio::sync::broadcast;
 
 use crate::attachment;

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sotto_core::storage::{KvBackend, KvStorage, SottoProvider};
 use sotto_core::{DeviceSigner, IdentityKeyPair, LocalDevice, TrustStore, TrustStoreError};
 use sotto_proto::{
-    ConversationId, DeviceCertificate, DeviceId, IdentityPublicKey, MessageId, Username,
+    ConversationId, DeviceCertificate, DeviceId, DeviceList, IdentityPublicKey, MessageId, Username,
 };
 
 use crate::error::ClientError;
@@ -47,8 +47,7 @@ CREATE TABLE IF NOT EXISTS contacts (
     username TEXT PRIMARY KEY,
     identity_key BLOB NOT NULL,
     verified INTEGER NOT NULL DEFAULT 0,
-    list_version INTEGER,
-    list_digest BLOB,
+    device_list BLOB,
     pinned_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS conversations (
@@ -153,6 +152,7 @@ impl Profile {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self { conn })
     }
 
@@ -264,6 +264,21 @@ impl<'t> ProfileTx<'t> {
             now: now_ms() / 1000,
         }
     }
+}
+
+/// Brings a profile made by an earlier version up to date.
+fn migrate(conn: &Connection) -> Result<(), ClientError> {
+    // Contacts keep their whole newest device list (it decides which of their devices
+    // may take part), not only its version and digest.
+    let has_list: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('contacts') WHERE name = 'device_list'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_list {
+        conn.execute_batch("ALTER TABLE contacts ADD COLUMN device_list BLOB")?;
+    }
+    Ok(())
 }
 
 /// Sets Unix permission bits (no-op elsewhere).

@@ -86,47 +86,42 @@ impl TrustStore for SqlTrust<'_> {
             "INSERT INTO contacts (username, identity_key, verified, pinned_at) VALUES (?1, ?2, 0, ?3)
              ON CONFLICT (username) DO UPDATE SET identity_key = excluded.identity_key,
                  verified = CASE WHEN identity_key = excluded.identity_key THEN verified ELSE 0 END,
-                 list_version = CASE WHEN identity_key = excluded.identity_key THEN list_version ELSE NULL END,
-                 list_digest = CASE WHEN identity_key = excluded.identity_key THEN list_digest ELSE NULL END",
+                 device_list = CASE WHEN identity_key = excluded.identity_key THEN device_list ELSE NULL END",
             params![username.as_str(), &key.as_bytes()[..], i(self.now)],
         )
         .map_err(failed)?;
         Ok(())
     }
 
-    fn seen_device_list(
-        &self,
-        username: &Username,
-    ) -> Result<Option<(u64, [u8; 32])>, TrustStoreError> {
-        let row: Option<(Option<i64>, Option<Vec<u8>>)> = self
+    fn device_list(&self, username: &Username) -> Result<Option<DeviceList>, TrustStoreError> {
+        let bytes: Option<Option<Vec<u8>>> = self
             .conn
             .query_row(
-                "SELECT list_version, list_digest FROM contacts WHERE username = ?1",
+                "SELECT device_list FROM contacts WHERE username = ?1",
                 [username.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| r.get(0),
             )
             .optional()
             .map_err(failed)?;
-        let Some((Some(version), Some(digest))) = row else {
-            return Ok(None);
-        };
-        let digest =
-            <[u8; 32]>::try_from(digest.as_slice()).map_err(|_| damaged("device list digest"))?;
-        Ok(Some((u(version), digest)))
+        bytes
+            .flatten()
+            .map(|b| DeviceList::from_bytes(&b).map_err(|_| damaged("device list")))
+            .transpose()
     }
 
-    fn record_device_list(
-        &mut self,
-        username: &Username,
-        version: u64,
-        digest: [u8; 32],
-    ) -> Result<(), TrustStoreError> {
-        self.conn
+    fn record_device_list(&mut self, list: &DeviceList) -> Result<(), TrustStoreError> {
+        let n = self
+            .conn
             .execute(
-                "UPDATE contacts SET list_version = ?2, list_digest = ?3 WHERE username = ?1",
-                params![username.as_str(), i(version), &digest[..]],
+                "UPDATE contacts SET device_list = ?2 WHERE username = ?1",
+                params![list.username().as_str(), list.to_bytes()],
             )
             .map_err(failed)?;
+        if n != 1 {
+            return Err(TrustStoreError(
+                "a device list was recorded for a user with no pinned key".into(),
+            ));
+        }
         Ok(())
     }
 }

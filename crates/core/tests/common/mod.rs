@@ -8,8 +8,8 @@ use sotto_core::content::Text;
 use sotto_core::storage::{MemoryStorage, SottoProvider};
 use sotto_core::{
     Content, Conversation, ConversationConfig, ConversationError, Envelope, IdentityKeyPair,
-    Incoming, LocalDevice, MemoryTrustStore, OutgoingCommit, ReceivedMessage, UserKeyPackages,
-    generate_key_packages,
+    Incoming, LocalDevice, MemoryTrustStore, OutgoingCommit, ReceivedMessage, Refusal,
+    UserKeyPackages, generate_key_packages,
 };
 use sotto_proto::{ConversationId, DeviceId, DeviceList, MessageId, Username};
 
@@ -82,8 +82,7 @@ impl World {
         let id = local.device_id();
         u.devices.push(id);
         u.list_version += 1;
-        let mut trust = MemoryTrustStore::default();
-        sotto_core::TrustStore::pin_identity(&mut trust, &username, u.identity.public()).unwrap();
+        let trust = MemoryTrustStore::default();
         self.devs.insert(
             id,
             Dev {
@@ -96,6 +95,13 @@ impl World {
             },
         );
         id
+    }
+
+    /// `user`'s account drops `device` from its list (a new, higher version).
+    pub fn remove_device(&mut self, user: &str, device: DeviceId) {
+        let u = self.users.get_mut(&name(user)).unwrap();
+        u.devices.retain(|d| *d != device);
+        u.list_version += 1;
     }
 
     pub fn device_list(&self, user: &str) -> DeviceList {
@@ -147,6 +153,19 @@ impl World {
     /// the Welcome to every added device. Panics if anyone fails.
     pub fn deliver_commit(&mut self, by: DeviceId, conv: ConversationId, out: OutgoingCommit) {
         let old_members = self.members(by, conv);
+        // Everyone fetches the device lists of whoever the commit leaves in the group
+        // (a client fetches them when the engine asks; reading a commit twice would
+        // reuse its key, which only a client's database transaction can undo).
+        let users: Vec<Username> = self.devs[&by].convs[&conv]
+            .roster()
+            .unwrap()
+            .users()
+            .into_keys()
+            .chain(out.metadata.added.iter().map(|d| self.owner(*d)))
+            .collect();
+        for m in old_members.iter().chain(&out.metadata.added) {
+            self.directory(*m, &users).unwrap();
+        }
         {
             let dev = self.devs.get_mut(&by).unwrap();
             dev.convs
@@ -156,15 +175,11 @@ impl World {
                 .unwrap();
         }
         for m in old_members.into_iter().filter(|m| *m != by) {
-            let dev = self.devs.get_mut(&m).unwrap();
-            let c = dev.convs.get_mut(&conv).unwrap();
-            match c
-                .process(&dev.provider, &mut dev.trust, &out.commit)
-                .unwrap()
-            {
+            match self.process(m, conv, &out.commit).unwrap() {
                 Incoming::Commit { change, .. } => {
                     if change.removed_me {
-                        assert!(!c.is_active());
+                        let dev = self.devs.get_mut(&m).unwrap();
+                        assert!(!dev.convs[&conv].is_active());
                         if let Some(old) = dev.convs.remove(&conv) {
                             dev.left.insert(conv, old);
                         }
@@ -173,19 +188,47 @@ impl World {
                 other => panic!("expected a commit, got {other:?}"),
             }
         }
-        let config = self.config.clone();
         for added in &out.metadata.added {
-            let dev = self.devs.get_mut(added).unwrap();
-            let joined = Conversation::join(
-                &dev.provider,
-                &mut dev.trust,
-                out.welcome.as_ref().unwrap(),
-                &config,
-            )
-            .unwrap();
-            assert_eq!(joined.conversation.id(), conv);
-            dev.convs.insert(conv, joined.conversation);
+            let joined = self.join(*added, out.welcome.as_ref().unwrap()).unwrap();
+            assert_eq!(joined, conv);
         }
+    }
+
+    /// Joins from a Welcome at `at`. (A client that lacks a member's device list gets
+    /// `DeviceListsNeeded`, fetches and joins again inside one database transaction,
+    /// since reading a Welcome consumes its KeyPackage; this in-memory world hands the
+    /// lists out beforehand instead, see `deliver_commit`.)
+    pub fn join(
+        &mut self,
+        at: DeviceId,
+        welcome: &[u8],
+    ) -> Result<ConversationId, ConversationError> {
+        let config = self.config.clone();
+        let dev = self.devs.get_mut(&at).unwrap();
+        let joined = Conversation::join(&dev.provider, &mut dev.trust, welcome, &config)?;
+        let id = joined.conversation.id();
+        dev.convs.insert(id, joined.conversation);
+        Ok(id)
+    }
+
+    /// The user a device belongs to.
+    pub fn owner(&self, device: DeviceId) -> Username {
+        self.devs[&device].local.certificate().username().clone()
+    }
+
+    /// The directory's part: `at` fetches and accepts these users' current device
+    /// lists (pinning their keys on first use).
+    pub fn directory(&mut self, at: DeviceId, users: &[Username]) -> Result<(), Refusal> {
+        for u in users {
+            let list = self.device_list(u.as_str());
+            let dev = self.devs.get_mut(&at).unwrap();
+            match sotto_core::accept_device_list(&mut dev.trust, &list) {
+                Ok(()) => {}
+                Err(sotto_core::TrustError::Refused(r)) => return Err(r),
+                Err(e) => panic!("trust store: {e}"),
+            }
+        }
+        Ok(())
     }
 
     pub fn add_users(&mut self, by: DeviceId, conv: ConversationId, users: &[&str]) {
@@ -262,6 +305,7 @@ impl World {
         let dev = self.devs.get_mut(&at).unwrap();
         let c = dev.convs.get_mut(&conv).unwrap();
         let result = c.process(&dev.provider, &mut dev.trust, bytes);
+        let dev = self.devs.get_mut(&at).unwrap();
         if let Ok(Incoming::Message(m)) = &result {
             dev.received.push(m.clone());
         }
@@ -301,6 +345,21 @@ impl World {
         let mut holder_ids: Vec<DeviceId> = holders.iter().map(|(id, _)| **id).collect();
         holder_ids.sort();
         assert_eq!(roster.device_ids(), holder_ids);
+    }
+}
+
+/// The users whose device lists the engine needs before it can decide.
+pub fn lists_wanted(e: &ConversationError) -> Vec<Username> {
+    match e {
+        ConversationError::DeviceListsNeeded(users) => users.clone(),
+        ConversationError::Refused {
+            refusal: Refusal::NotInDeviceList { username, .. },
+            ..
+        }
+        | ConversationError::RefusedWelcome(Refusal::NotInDeviceList { username, .. }) => {
+            vec![username.clone()]
+        }
+        _ => Vec::new(),
     }
 }
 
