@@ -7,18 +7,19 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use sotto_api::close::{DEVICE_REMOVED as CLOSE_DEVICE_REMOVED, REPLACED as CLOSE_REPLACED};
 use sotto_api::{ClientFrame, ServerFrame, paths};
 use sotto_proto::b64;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, TlsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::client::{Client, Event};
 use crate::error::ClientError;
 use crate::transport::Entry;
 
-/// A byte stream the WebSocket runs on: TCP, or TLS over TCP for `wss://`.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-type WsStream = Box<dyn Io>;
+/// The device's WebSocket, over TCP or TLS.
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Why one connection ended.
 enum Ended {
@@ -68,46 +69,37 @@ impl Client {
         }
     }
 
-    /// Opens the TCP (and for `wss://` the TLS) connection for the WebSocket request,
-    /// trusting the public web roots plus the profile's extra CA.
-    async fn ws_stream(
+    /// Opens the WebSocket: TCP (without Nagle's delay), for `wss://` TLS trusting the
+    /// public web roots plus the profile's extra CA, then the handshake.
+    async fn open_socket(
         &self,
-        request: &tokio_tungstenite::tungstenite::handshake::client::Request,
-    ) -> Result<WsStream, Ended> {
-        let uri = request.uri();
-        let tls = uri.scheme_str() == Some("wss");
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_matches(['[', ']'])
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|_| Ended::Retry)?;
-        let _ = tcp.set_nodelay(true);
-        if !tls {
-            return Ok(Box::new(tcp));
-        }
-        let config = self.transport.tls_config().map_err(Ended::Fatal)?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
-            Ended::Fatal(ClientError::InvalidServer {
-                url: self.transport.base().to_owned(),
-                reason: "the host is not a valid TLS server name",
-            })
-        })?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| match e.kind() {
-                // A certificate the client does not trust will not fix itself.
-                std::io::ErrorKind::InvalidData => Ended::Fatal(ClientError::Network {
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Socket, Ended> {
+        let connector = if request.uri().scheme_str() == Some("wss") {
+            let config = self.transport.tls_config().map_err(Ended::Fatal)?;
+            Some(Connector::Rustls(config))
+        } else {
+            None
+        };
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector).await
+        {
+            Ok((socket, _)) => Ok(socket),
+            // A certificate the client does not trust will not fix itself (rustls errors
+            // reach here as `InvalidData`); a refused or dropped connection may.
+            Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(Ended::Fatal(ClientError::Network {
                     url: self.transport.base().to_owned(),
                     reason: format!("TLS: {e}"),
-                }),
-                _ => Ended::Retry,
-            })?;
-        Ok(Box::new(stream))
+                }))
+            }
+            Err(WsError::Tls(TlsError::InvalidDnsName)) => {
+                Err(Ended::Fatal(ClientError::InvalidServer {
+                    url: self.transport.base().to_owned(),
+                    reason: "the host is not a valid TLS server name",
+                }))
+            }
+            Err(_) => Err(Ended::Retry),
+        }
     }
 
     /// One WebSocket connection, until it ends.
@@ -150,14 +142,9 @@ impl Client {
             ));
         };
         request.headers_mut().insert("Authorization", auth);
-        let stream = match self.ws_stream(&request).await {
-            Ok(stream) => stream,
-            Err(Ended::Fatal(e)) => return Ended::Fatal(e),
-            Err(Ended::Retry) => return Ended::Retry,
-        };
-        let mut socket = match tokio_tungstenite::client_async(request, stream).await {
-            Ok((socket, _)) => socket,
-            Err(_) => return Ended::Retry,
+        let mut socket = match self.open_socket(request).await {
+            Ok(socket) => socket,
+            Err(ended) => return ended,
         };
         while let Some(message) = socket.next().await {
             let text = match message {
@@ -224,5 +211,39 @@ impl Client {
             }
         }
         Ended::Retry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+
+    /// The reconnect loop must stop on a certificate it does not trust (waiting will
+    /// not fix it) and keep trying a server that is merely not up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_untrusted_certificate_is_fatal_and_a_refused_connection_is_retried() {
+        let (server, _ca) = sotto_testkit::TestServer::start_tls().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let client = Client::open(home.path(), server.url()).unwrap();
+        let wss = server.url().replacen("https://", "wss://", 1) + paths::WEBSOCKET.template;
+        match client.open_socket(wss.into_client_request().unwrap()).await {
+            Err(Ended::Fatal(ClientError::Network { reason, .. })) => {
+                assert!(reason.starts_with("TLS:"), "{reason}");
+            }
+            Err(Ended::Fatal(e)) => panic!("fatal for the wrong reason: {e}"),
+            Err(Ended::Retry) => panic!("an untrusted certificate was retried"),
+            Ok(_) => panic!("an untrusted certificate was accepted"),
+        }
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let ws = format!("ws://127.0.0.1:{port}{}", paths::WEBSOCKET.template);
+        assert!(matches!(
+            client.open_socket(ws.into_client_request().unwrap()).await,
+            Err(Ended::Retry)
+        ));
     }
 }
