@@ -271,3 +271,76 @@ async fn a_conversation_that_keeps_changing_is_contention_not_bad_usage() {
 fn name(text: &str) -> sotto_client::Username {
     text.parse().unwrap()
 }
+
+/// Links a second device to `client`'s account; answers the new client.
+async fn link(server: &TestServer, client: &Client) -> (Client, tempfile::TempDir) {
+    let home = tempfile::tempdir().unwrap();
+    let second = std::sync::Arc::new(Client::open(home.path(), server.url()).unwrap());
+    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+    let starter = {
+        let second = second.clone();
+        tokio::spawn(async move {
+            second
+                .link_start(move |code| {
+                    let _ = code_tx.send(code.to_owned());
+                })
+                .await
+        })
+    };
+    let code: sotto_client::LinkCode = code_rx.await.unwrap().parse().unwrap();
+    client.link_approve(&code).await.unwrap();
+    starter.await.unwrap().unwrap();
+    (std::sync::Arc::into_inner(second).unwrap(), home)
+}
+
+/// Issue 12, first demonstration: bob removed his laptop from his account. A server
+/// that kept one of the laptop's KeyPackages returns it beside bob's current one when
+/// erin starts a conversation with bob. Refused and reported; nothing is created and
+/// the laptop receives nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_devices_key_package_from_a_lying_server_is_refused_and_reported() {
+    let (server, lying) = TestServer::start_lying().unwrap();
+    let (erin, _e) = user(&server, "erin").await;
+    let (bob, _b) = user(&server, "bob").await;
+    let (laptop, _l) = link(&server, &bob).await;
+    let laptop_id = laptop.whoami().unwrap().device_id;
+    let bob_name = name("bob");
+    // The server keeps a KeyPackage of the laptop...
+    let before = lying.inner().claim_key_packages(&bob_name).await.unwrap();
+    let laptop_kp = before
+        .into_iter()
+        .find(|(d, _)| *d == laptop_id)
+        .expect("the laptop has KeyPackages");
+    // ...bob removes the laptop...
+    bob.remove_device(laptop_id).await.unwrap();
+    // ...and the server hands the kept KeyPackage out with bob's current one.
+    let mut claimed = lying.inner().claim_key_packages(&bob_name).await.unwrap();
+    assert_eq!(claimed.len(), 1, "bob has one device left");
+    claimed.push(laptop_kp);
+    lying.lie_about_key_packages(&bob_name, claimed);
+
+    let err = erin
+        .send_text(name("bob"), "for bob only")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Engine(e) if e.to_string().contains("not in their current device list")),
+        "{err}"
+    );
+    let events = erin.security_events().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].1.contains(&laptop_id.to_string()), "{events:?}");
+    assert!(
+        erin.conversations().unwrap().is_empty(),
+        "no half-made group"
+    );
+    // Nothing reached the laptop: its token was revoked, and no Welcome names it.
+    assert!(
+        lying
+            .inner()
+            .fetch(laptop_id, 0, 100)
+            .await
+            .map(|entries| entries.is_empty())
+            .unwrap_or(true)
+    );
+}

@@ -88,6 +88,7 @@ pub(super) fn handle(
                 }
             };
             tx.put_conversation(&row, now)?;
+            tx.mark_roster_to_check(conv.id())?;
             Ok(vec![Event::Joined {
                 conversation: conv.id(),
                 by: joined.added_by.username,
@@ -124,6 +125,7 @@ pub(super) fn handle(
                 }
                 Incoming::Commit { change, .. } => {
                     tx.clear_pending_proposals(entry.group)?;
+                    tx.mark_roster_to_check(entry.group)?;
                     if change.removed_me {
                         tx.deactivate(entry.group)?;
                     }

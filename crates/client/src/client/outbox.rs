@@ -50,8 +50,98 @@ impl Client {
         }
     }
 
+    /// Keeps a conversation's members equal to their accounts' device lists: a device
+    /// its account no longer lists (removed from the account, or added by a member
+    /// though never listed) is removed by commit, with a security event, before this
+    /// client sends anything there. Lists the client lacks, or that name no such
+    /// device, are fetched from the directory first. Every member client does this, so
+    /// a device removal reaches every conversation, including those the remover is not
+    /// in; one commit wins and the others find nothing left to do.
+    pub(crate) async fn reconcile(
+        &self,
+        account: &Account,
+        id: ConversationId,
+    ) -> Result<(), ClientError> {
+        let me = account.device.device_id();
+        let mut refreshed: Vec<Username> = Vec::new();
+        for _ in 0..COMMIT_RETRIES {
+            let unlisted = self.read(|tx| {
+                let conv = load(tx, id)?;
+                if !conv.is_active() {
+                    return Ok(Vec::new());
+                }
+                Ok(conv.unlisted(&tx.trust())?)
+            });
+            let unlisted: Vec<_> = match unlisted {
+                Ok(u) => u.into_iter().filter(|e| e.device_id != me).collect(),
+                Err(ClientError::Engine(ConversationError::DeviceListsNeeded(users))) => {
+                    for user in users {
+                        self.refresh_device_list(account, &user).await?;
+                        refreshed.push(user);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if unlisted.is_empty() {
+                break;
+            }
+            // The list held may predate the device: ask the directory once per user.
+            let mut stale: Vec<Username> = unlisted
+                .iter()
+                .map(|e| e.username.clone())
+                .filter(|u| !refreshed.contains(u))
+                .collect();
+            stale.dedup();
+            if !stale.is_empty() {
+                for user in stale {
+                    self.refresh_device_list(account, &user).await?;
+                    refreshed.push(user);
+                }
+                continue;
+            }
+            let devices: Vec<DeviceId> = unlisted.iter().map(|e| e.device_id).collect();
+            let out = self.write(|tx| {
+                Ok(load(tx, id)?.remove_devices(&tx.provider(), &account.device, &devices)?)
+            })?;
+            let now = self.now();
+            let events: Vec<Event> = unlisted
+                .iter()
+                .map(|e| Event::Security {
+                    conversation: Some(id),
+                    detail: format!(
+                        "{}'s device {} is not in their device list: removed it from the conversation",
+                        e.username, e.device_id
+                    ),
+                })
+                .collect();
+            self.write(|tx| {
+                for e in &events {
+                    if let Event::Security { detail, .. } = e {
+                        tx.record_event(Some(id), "security", detail, now)?;
+                    }
+                }
+                queue(tx, &events)
+            })?;
+            if self.submit_commit(account, id, out).await? {
+                break;
+            }
+        }
+        self.write(|tx| tx.clear_roster_to_check(id))
+    }
+
+    /// Checks the members of every conversation marked for it (see
+    /// [`Client::reconcile`]).
+    pub(crate) async fn reconcile_marked(&self, account: &Account) -> Result<(), ClientError> {
+        for id in self.read(|tx| tx.rosters_to_check())? {
+            self.reconcile(account, id).await?;
+        }
+        Ok(())
+    }
+
     /// Commits proposals other members queued (a member leaving), in every
-    /// conversation that has some; retries after losing an epoch race.
+    /// conversation that has some; retries after losing an epoch race. Then checks the
+    /// members of conversations that changed against their device lists.
     pub(crate) async fn commit_pending_proposals(&self) -> Result<(), ClientError> {
         let account = self.account()?;
         for id in self.read(|tx| tx.pending_proposals())? {
@@ -72,7 +162,7 @@ impl Client {
             }
             self.write(|tx| tx.clear_pending_proposals(id))?;
         }
-        Ok(())
+        self.reconcile_marked(&account).await
     }
 
     /// Encrypts and sends one envelope, storing its effect locally first. The send is
@@ -84,6 +174,9 @@ impl Client {
         content: Content,
     ) -> Result<Sent, ClientError> {
         let account = self.outbound().await?;
+        if self.read(|tx| tx.rosters_to_check())?.contains(&id) {
+            self.reconcile(&account, id).await?;
+        }
         let now_ms = self.now_ms();
         let now = now_ms / 1000;
         let message_id = self.read(|tx| {

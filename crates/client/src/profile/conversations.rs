@@ -177,4 +177,32 @@ impl ProfileTx<'_> {
         let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         rows.map(|r| conv_id(&r?)).collect()
     }
+
+    /// Notes that a conversation's members must be checked against their device lists
+    /// (after a commit or a Welcome, or when a member's list changed).
+    pub fn mark_roster_to_check(&self, id: ConversationId) -> Result<(), ClientError> {
+        self.tx.execute(
+            "INSERT OR IGNORE INTO rosters_to_check (conversation) VALUES (?1)",
+            [&id.as_bytes()[..]],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets that marker.
+    pub fn clear_roster_to_check(&self, id: ConversationId) -> Result<(), ClientError> {
+        self.tx.execute(
+            "DELETE FROM rosters_to_check WHERE conversation = ?1",
+            [&id.as_bytes()[..]],
+        )?;
+        Ok(())
+    }
+
+    /// Conversations whose members must be checked against their device lists.
+    pub fn rosters_to_check(&self) -> Result<Vec<ConversationId>, ClientError> {
+        let mut stmt = self
+            .tx
+            .prepare("SELECT conversation FROM rosters_to_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|r| conv_id(&r?)).collect()
+    }
 }

@@ -110,6 +110,7 @@ impl TrustStore for SqlTrust<'_> {
     }
 
     fn record_device_list(&mut self, list: &DeviceList) -> Result<(), TrustStoreError> {
+        let changed = self.device_list(list.username())?.as_ref() != Some(list);
         let n = self
             .conn
             .execute(
@@ -121,6 +122,16 @@ impl TrustStore for SqlTrust<'_> {
             return Err(TrustStoreError(
                 "a device list was recorded for a user with no pinned key".into(),
             ));
+        }
+        if changed {
+            // A device may have left the list: every conversation is checked again.
+            self.conn
+                .execute(
+                    "INSERT OR IGNORE INTO rosters_to_check (conversation)
+                     SELECT id FROM conversations WHERE active = 1",
+                    [],
+                )
+                .map_err(failed)?;
         }
         Ok(())
     }
