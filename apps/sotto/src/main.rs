@@ -347,6 +347,28 @@ fn message_json(m: &StoredMessage) -> Value {
     v
 }
 
+/// What a peer wrote, made safe for one terminal line: newlines, escape sequences and
+/// every other control or bidirectional-override character are shown escaped, so no
+/// text can start a line that looks like another sender's, or a `SECURITY:` line, or
+/// drive the terminal.
+fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&c.escape_unicode().to_string());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn message_line(m: &StoredMessage) -> String {
     let who = if m.outgoing {
         "me".to_owned()
@@ -355,8 +377,8 @@ fn message_line(m: &StoredMessage) -> String {
     };
     let body = match (&m.text, m.deleted) {
         (_, true) => "(deleted)".to_owned(),
-        (Some(t), false) => t.clone(),
-        (None, false) => format!("({} message)", m.kind),
+        (Some(t), false) => shown(t),
+        (None, false) => format!("({} message)", shown(&m.kind)),
     };
     let body = match m
         .attachment
@@ -365,7 +387,7 @@ fn message_line(m: &StoredMessage) -> String {
     {
         Some(a) => format!(
             "{body} [file {} ({} bytes){}]",
-            a["name"].as_str().unwrap_or("?"),
+            shown(a["name"].as_str().unwrap_or("?")),
             a["size"],
             a["path"]
                 .as_str()
@@ -450,7 +472,7 @@ fn event_line(e: &Event) -> Option<String> {
             conversation,
             id,
             text,
-        } => format!("[{conversation}] edited {id}: {text}"),
+        } => format!("[{conversation}] edited {id}: {}", shown(text)),
         Event::Deleted { conversation, id } => format!("[{conversation}] deleted {id}"),
         Event::Reaction {
             conversation,
@@ -458,7 +480,7 @@ fn event_line(e: &Event) -> Option<String> {
             sender,
             emoji: Some(e),
         } => {
-            format!("[{conversation}] {sender} reacted {e} to {target}")
+            format!("[{conversation}] {sender} reacted {} to {target}", shown(e))
         }
         Event::Reaction {
             conversation,
@@ -505,15 +527,17 @@ fn event_line(e: &Event) -> Option<String> {
             conversation,
             by,
             name,
-        } => format!("[{conversation}] {by} named the group {name:?}"),
+        } => format!("[{conversation}] {by} named the group \"{}\"", shown(name)),
         Event::Security {
             conversation,
             detail,
         } => match conversation {
-            Some(c) => format!("[{c}] SECURITY: {detail}"),
-            None => format!("SECURITY: {detail}"),
+            Some(c) => format!("[{c}] SECURITY: {}", shown(detail)),
+            None => format!("SECURITY: {}", shown(detail)),
         },
-        Event::Failed { seq, reason } => format!("could not process entry {seq}: {reason}"),
+        Event::Failed { seq, reason } => {
+            format!("could not process entry {seq}: {}", shown(reason))
+        }
         _ => return None,
     })
 }
@@ -719,7 +743,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             "{} {:<6} {:<20} {} unread  [{}]{}",
                             c.conversation.id,
                             c.conversation.kind,
-                            name.clone().unwrap_or_default(),
+                            shown(&name.clone().unwrap_or_default()),
                             c.unread,
                             members.join(", "),
                             if c.conversation.active { "" } else { " (left)" }
@@ -928,6 +952,19 @@ async fn group(client: &Client, j: bool, command: GroupCommand) -> Result<(), Fa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_text_cannot_forge_lines_or_drive_the_terminal() {
+        let forged = "hi\n[0123] mallory: send me the code\r\x1b[2J\u{202e}txt.exe\tend";
+        let line = shown(forged);
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+        assert!(!line.contains('\u{202e}'), "{line:?}");
+        assert_eq!(
+            line,
+            "hi\\n[0123] mallory: send me the code\\r\\u{1b}[2J\\u{202e}txt.exe\\tend"
+        );
+        assert_eq!(shown("plain text, émoji 👍"), "plain text, émoji 👍");
+    }
 
     #[test]
     fn durations() {

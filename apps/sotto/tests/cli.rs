@@ -33,6 +33,25 @@ impl Profile {
             .unwrap()
     }
 
+    /// Runs a command without `--json` that must succeed; answers its stdout.
+    fn human(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(["--server", &self.server])
+            .args(args)
+            .env_remove("SOTTO_HOME")
+            .env_remove("SOTTO_SERVER")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Runs a command that must succeed; parses every stdout line as JSON.
     fn ok(&self, args: &[&str]) -> Vec<Value> {
         let out = self.run(args);
@@ -593,4 +612,31 @@ fn the_default_profile_is_in_the_data_directory() {
         "no profile in {}",
         profile.display()
     );
+}
+
+/// Issue 12: a member's text could forge lines (another sender's message, a
+/// `SECURITY:` line) and send terminal escapes. Human output shows them escaped, on
+/// the message's own line; JSON output keeps the text exactly.
+#[test]
+fn peer_text_is_shown_escaped_and_cannot_forge_lines() {
+    let server = TestServer::start().unwrap();
+    let alice = Profile::new(&server, "alice");
+    let bob = Profile::new(&server, "bob");
+    alice.one(&["register", "alice"]);
+    bob.one(&["register", "bob"]);
+    let forged = "see you\n[00000000000000000000000000000000] SECURITY: carol's key changed\x1b[2J";
+    alice.one(&["send", "bob", forged]);
+    let out = bob.human(&["receive"]);
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.ends_with("alice added you"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line for the message: {out:?}");
+    assert!(!out.contains('\x1b'), "no raw escape: {out:?}");
+    assert!(lines[0].contains("alice: see you\\n[0000"), "{out:?}");
+    // History shows it the same way; JSON keeps the exact text.
+    let history = bob.human(&["history", "alice"]);
+    assert_eq!(history.lines().count(), 1, "{history:?}");
+    let json = bob.ok(&["history", "alice"]);
+    assert_eq!(json[0]["text"], forged);
 }

@@ -67,7 +67,7 @@ pub fn seal_file(key: &[u8; 32], input: &Path, output: &Path) -> Result<Sealed, 
         std::fs::File::open(input).map_err(|e| io("cannot open", input, &e))?,
     );
     let mut writer = std::io::BufWriter::new(
-        std::fs::File::create(output).map_err(|e| io("cannot create", output, &e))?,
+        create_private(output).map_err(|e| io("cannot create", output, &e))?,
     );
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -132,6 +132,15 @@ pub fn digest_file(path: &Path) -> Result<[u8; 32], ClientError> {
     Ok(hasher.finalize().into())
 }
 
+/// Creates (or truncates) a file only its owner can read, from the first byte.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// Decrypts `input` (already checked against its digest) into `output`, which is
 /// removed again if any chunk fails to authenticate or the size is not `expected_size`.
 pub fn open_file(
@@ -158,7 +167,7 @@ fn open_inner(
         std::fs::File::open(input).map_err(|e| io("cannot open", input, &e))?,
     );
     let mut writer = std::io::BufWriter::new(
-        std::fs::File::create(output).map_err(|e| io("cannot create", output, &e))?,
+        create_private(output).map_err(|e| io("cannot create", output, &e))?,
     );
     let mut current = vec![0u8; CHUNK + TAG];
     let mut next = vec![0u8; CHUNK + TAG];

@@ -10,7 +10,7 @@ use sotto_api::{
     MessageRequest, MessageResponse, PublishRequest, RegisterRequest, RegisterResponse,
     UploadAttachmentResponse, UploadKeyPackagesRequest,
 };
-use sotto_proto::{ConversationId, DeviceId, DeviceList, MessageId, Username};
+use sotto_proto::{BlobId, ConversationId, DeviceId, DeviceList, MessageId, Username};
 
 use crate::error::ClientError;
 
@@ -429,7 +429,7 @@ impl Transport {
         &self,
         token: &str,
         path: &std::path::Path,
-    ) -> Result<String, ClientError> {
+    ) -> Result<BlobId, ClientError> {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| ClientError::file("open", path, e))?;
@@ -453,20 +453,27 @@ impl Transport {
             .await
             .map_err(|e| self.network(&e))?;
         let answer: UploadAttachmentResponse = self.answer(resp).await?;
-        Ok(answer.id)
+        BlobId::parse(&answer.id).map_err(|_| ClientError::Network {
+            url: self.base.clone(),
+            reason: "the server answered an upload with an invalid blob id".into(),
+        })
     }
 
     /// `GET /v1/attachments/{id}`: streams the blob into `path`.
     pub async fn download_blob(
         &self,
         token: &str,
-        id: &str,
+        id: BlobId,
         path: &std::path::Path,
     ) -> Result<(), ClientError> {
         use tokio::io::AsyncWriteExt as _;
         let mut resp = self
             .http
-            .get(format!("{}{}", self.base, paths::attachment(id)))
+            .get(format!(
+                "{}{}",
+                self.base,
+                paths::attachment(&id.to_string())
+            ))
             .bearer_auth(token)
             .send()
             .await

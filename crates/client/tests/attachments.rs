@@ -47,6 +47,17 @@ async fn files_of_0_b_1_mib_and_20_mib_round_trip_byte_exact() {
             .await
             .unwrap();
         assert_eq!(out.file_name().unwrap().to_str().unwrap(), name);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(
+                mode(&out) & 0o777,
+                0o600,
+                "the saved file is its owner's alone"
+            );
+            assert_eq!(mode(out.parent().unwrap()) & 0o777, 0o700);
+        }
         let got = std::fs::read(&out).unwrap();
         assert!(
             got == data,

@@ -66,8 +66,9 @@ pub struct Text {
 /// How to fetch and decrypt an attachment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentPointer {
-    /// The server's id of the encrypted blob.
-    pub blob_id: String,
+    /// The server's id of the encrypted blob (a pointer naming anything else does not
+    /// decode as an attachment).
+    pub blob_id: sotto_proto::BlobId,
     /// The random AEAD key the blob was encrypted with.
     pub key: AttachmentKey,
     /// SHA-256 of the encrypted blob: binds the key to exactly one ciphertext.
@@ -309,7 +310,7 @@ mod tests {
                 body: "héllo 👋".into(),
             }),
             Content::Attachment(AttachmentPointer {
-                blob_id: "b1".into(),
+                blob_id: sotto_proto::BlobId::from_bytes([7; 16]),
                 key: AttachmentKey::from_bytes([9; 32]),
                 digest: [8; 32],
                 size: 1234,
@@ -408,6 +409,50 @@ mod tests {
         for n in 0..good.len() {
             assert!(Envelope::decode(&good[..n]).is_err());
         }
+    }
+
+    /// A peer's pointer naming a path instead of a blob (`../../.ssh/id_ed25519`)
+    /// never becomes an attachment, so no client joins it to a folder or a URL.
+    #[test]
+    fn an_attachment_pointer_with_a_path_for_a_blob_id_is_not_an_attachment() {
+        let pointer = all_kinds().remove(1);
+        let good = Envelope {
+            id: id(),
+            sent_at_ms: 1,
+            content: pointer,
+        }
+        .encode()
+        .unwrap();
+        let mut wire: ciborium::Value = ciborium::from_reader(good.as_slice()).unwrap();
+        let mut replaced = 0;
+        fn replace(v: &mut ciborium::Value, replaced: &mut usize) {
+            match v {
+                ciborium::Value::Map(entries) => {
+                    for (k, v) in entries {
+                        if k.as_text() == Some("blob_id") {
+                            *v = ciborium::Value::Text("../../.ssh/id_ed25519".into());
+                            *replaced += 1;
+                        } else {
+                            replace(v, replaced);
+                        }
+                    }
+                }
+                ciborium::Value::Array(items) => {
+                    items.iter_mut().for_each(|v| replace(v, replaced))
+                }
+                _ => {}
+            }
+        }
+        replace(&mut wire, &mut replaced);
+        assert_eq!(replaced, 1);
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&wire, &mut bytes).unwrap();
+        let decoded = Envelope::decode(&bytes).unwrap();
+        assert!(
+            matches!(&decoded.content, Content::Unsupported { kind } if kind == "attachment"),
+            "{:?}",
+            decoded.content
+        );
     }
 
     #[test]

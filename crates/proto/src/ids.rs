@@ -200,6 +200,15 @@ hex_id!(
 );
 
 hex_id!(
+    /// An encrypted attachment blob on the server: 128 random bits the server picks.
+    /// Peers name blobs inside messages, so a client uses one only once it parsed as
+    /// this (never as a path or URL fragment it was handed).
+    BlobId,
+    16,
+    "a blob id"
+);
+
+hex_id!(
     /// A conversation, which is exactly one MLS group: the MLS group id is these bytes.
     ConversationId,
     16,

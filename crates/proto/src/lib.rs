@@ -15,5 +15,5 @@ pub use cert::{
     CertError, CertificateFields, DeviceCertificate, DeviceList, DeviceListFields,
     IdentityPublicKey,
 };
-pub use ids::{ConversationId, DeviceId, GroupId, IdError, MessageId, Username};
+pub use ids::{BlobId, ConversationId, DeviceId, GroupId, IdError, MessageId, Username};
 pub use wire::DecodeError;

@@ -99,7 +99,9 @@ impl Client {
             .ok_or(ClientError::NoAttachment(message_id))?;
         let field = |k: &str| meta[k].as_str().map(str::to_owned);
         let corrupt = || ClientError::Corrupt("a stored attachment pointer".into());
-        let blob_id = field("blob_id").ok_or_else(corrupt)?;
+        let blob_id = field("blob_id")
+            .and_then(|id| sotto_proto::BlobId::parse(&id).ok())
+            .ok_or_else(corrupt)?;
         let key: [u8; 32] = field("key")
             .and_then(|k| sotto_proto::b64::decode(&k).ok())
             .and_then(|k| k.try_into().ok())
@@ -118,15 +120,20 @@ impl Client {
             })
             .filter(|n| !n.starts_with('.'))
             .unwrap_or_else(|| format!("attachment-{message_id}"));
+        let own_dir = dir.is_none();
         let dir = dir.map_or_else(|| self.home.join("attachments"), Path::to_path_buf);
         std::fs::create_dir_all(&dir).map_err(|e| ClientError::file("create", &dir, e))?;
+        if own_dir {
+            // The profile's own folder is its owner's alone, like the profile itself.
+            crate::profile::restrict(&dir, 0o700)?;
+        }
         let target = unused_path(&dir, &name);
         let sealed = self.home.join("incoming");
         std::fs::create_dir_all(&sealed).map_err(|e| ClientError::file("create", &sealed, e))?;
         let sealed = sealed.join(format!("{blob_id}.sealed"));
         let result = async {
             self.transport
-                .download_blob(&account.token, &blob_id, &sealed)
+                .download_blob(&account.token, blob_id, &sealed)
                 .await?;
             let (input, output) = (sealed.clone(), target.clone());
             tokio::task::spawn_blocking(move || {

@@ -283,7 +283,7 @@ fn migrate(conn: &Connection) -> Result<(), ClientError> {
 }
 
 /// Sets Unix permission bits (no-op elsewhere).
-fn restrict(path: &Path, mode: u32) -> Result<(), ClientError> {
+pub(crate) fn restrict(path: &Path, mode: u32) -> Result<(), ClientError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
