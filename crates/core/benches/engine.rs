@@ -20,13 +20,15 @@ use sotto_core::{
     ClaimedKeyPackage, Content, Conversation, ConversationConfig, Envelope, IdentityKeyPair,
     Incoming, LocalDevice, MemoryTrustStore, generate_key_packages,
 };
-use sotto_proto::{ConversationId, MessageId, Username};
+use sotto_proto::{ConversationId, DeviceList, MessageId, Username};
 
-/// One device with its own provider and trust store.
+/// One device (its account's only one) with its own provider and trust store.
 struct Dev<P> {
     provider: P,
     local: LocalDevice,
     trust: MemoryTrustStore,
+    /// Its account's signed device list, as the directory serves it.
+    list: DeviceList,
 }
 
 fn device<P: sotto_core::MlsProvider>(make: fn() -> P, user: &str) -> Dev<P> {
@@ -34,10 +36,19 @@ fn device<P: sotto_core::MlsProvider>(make: fn() -> P, user: &str) -> Dev<P> {
     let identity = IdentityKeyPair::generate(provider.rand()).unwrap();
     let username = Username::parse(user).unwrap();
     let local = LocalDevice::create(provider.rand(), &identity, &username, 1_700_000_000).unwrap();
+    let list = identity.sign_device_list(&username, 1, vec![local.certificate().clone()]);
     Dev {
         provider,
         local,
         trust: MemoryTrustStore::default(),
+        list,
+    }
+}
+
+/// What a client holds after asking the directory about these accounts.
+fn know(trust: &mut MemoryTrustStore, lists: &[DeviceList]) {
+    for list in lists {
+        sotto_core::accept_device_list(trust, list).unwrap();
     }
 }
 
@@ -52,14 +63,18 @@ fn key_package<P: sotto_core::MlsProvider>(d: &Dev<P>) -> ClaimedKeyPackage {
     }
 }
 
-/// Key packages of `n` extra devices (other users), each made with its own provider.
+/// Key packages of `n` extra devices (other users), each made with its own provider,
+/// and their accounts' device lists.
 fn extra_key_packages<P: sotto_core::MlsProvider>(
     make: fn() -> P,
     n: usize,
-) -> Vec<ClaimedKeyPackage> {
+) -> (Vec<ClaimedKeyPackage>, Vec<DeviceList>) {
     (0..n)
-        .map(|i| key_package(&device(make, &format!("member{i:05}"))))
-        .collect()
+        .map(|i| {
+            let d = device(make, &format!("member{i:05}"));
+            (key_package(&d), d.list)
+        })
+        .unzip()
 }
 
 fn envelope(n: u64, size: usize) -> Envelope {
@@ -89,7 +104,11 @@ fn pair<P: sotto_core::MlsProvider>(make: fn() -> P, extra: usize) -> Pair<P> {
     let id = ConversationId::from_bytes([7; 16]);
     let mut a = Conversation::create(&alice.provider, &alice.local, id, &config).unwrap();
     let mut kps = vec![key_package(&bob)];
-    kps.extend(extra_key_packages(make, extra));
+    let (extra_kps, mut lists) = extra_key_packages(make, extra);
+    kps.extend(extra_kps);
+    lists.extend([alice.list.clone(), bob.list.clone()]);
+    know(&mut alice.trust, &lists);
+    know(&mut bob.trust, &lists);
     let out = a
         .add_devices(&alice.provider, &alice.local, &mut alice.trust, &kps)
         .unwrap();
@@ -154,8 +173,9 @@ fn adds<P: sotto_core::MlsProvider>(c: &mut Criterion, stack: &str, make: fn() -
     let mut group = c.benchmark_group(format!("add/{stack}"));
     group.sample_size(10);
     for n in [1usize, 10, 100] {
-        let kps = extra_key_packages(make, n);
+        let (kps, lists) = extra_key_packages(make, n);
         let mut creator = device(make, "alice");
+        know(&mut creator.trust, &lists);
         let mut counter = 0u64;
         group.bench_function(BenchmarkId::new("devices", n), |b| {
             b.iter_batched(
