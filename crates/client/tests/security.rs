@@ -344,3 +344,44 @@ async fn a_removed_devices_key_package_from_a_lying_server_is_refused_and_report
             .unwrap_or(true)
     );
 }
+
+/// A conversation whose members cannot be checked (the directory now answers another
+/// key for bob, who just linked a device) is reported, and the sync goes on: it does
+/// not wedge every later `receive`. Sending there stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_check_refused_for_one_conversation_does_not_stop_the_sync() {
+    let (server, lying) = TestServer::start_lying().unwrap();
+    let (alice, _a) = user(&server, "alice").await;
+    let (bob, _b) = user(&server, "bob").await;
+    let conv = alice
+        .send_text(name("bob"), "hi")
+        .await
+        .unwrap()
+        .conversation;
+    bob.sync().await.unwrap();
+    // bob links a laptop, which joins the conversation by bob's commit...
+    let (_laptop, _l) = link(&server, &bob).await;
+    // ...and the directory now hands out another key for bob.
+    let mallory = Impostor::new("bob");
+    let bob_name = name("bob");
+    lying.lie_about_account(
+        &bob_name,
+        Account {
+            username: bob_name.clone(),
+            identity_key: mallory.identity.public(),
+            device_list_bytes: mallory.device_list("bob").to_bytes(),
+            list_version: 99,
+            created_at: 1_700_000_000,
+            last_seen_day: 0,
+            devices: vec![],
+        },
+    );
+    let events = alice.sync().await.expect("the sync goes on");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Security { conversation: Some(c), .. } if *c == conv)),
+        "{events:?}"
+    );
+    assert!(alice.send_text(conv, "still there?").await.is_err());
+}

@@ -132,9 +132,37 @@ impl Client {
 
     /// Checks the members of every conversation marked for it (see
     /// [`Client::reconcile`]).
+    /// A conversation whose check is refused (a contact's list signed by another key)
+    /// is reported and left marked; the other conversations, and the sync, go on.
+    /// Sending there stays refused until its check passes.
     pub(crate) async fn reconcile_marked(&self, account: &Account) -> Result<(), ClientError> {
         for id in self.read(|tx| tx.rosters_to_check())? {
-            self.reconcile(account, id).await?;
+            match self.reconcile(account, id).await {
+                Ok(()) => {}
+                Err(e)
+                    if e.is_local()
+                        || matches!(
+                            e,
+                            ClientError::Network { .. } | ClientError::Server { .. }
+                        ) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => {
+                    let detail = security_of(&e).unwrap_or_else(|| e.to_string());
+                    let now = self.now();
+                    let event = Event::Security {
+                        conversation: Some(id),
+                        detail: format!("cannot check the members' devices: {detail}"),
+                    };
+                    self.write(|tx| {
+                        if let Event::Security { detail, .. } = &event {
+                            tx.record_event(Some(id), "security", detail, now)?;
+                        }
+                        queue(tx, std::slice::from_ref(&event))
+                    })?;
+                }
+            }
         }
         Ok(())
     }
