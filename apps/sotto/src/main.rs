@@ -431,11 +431,12 @@ fn event_json(e: &Event) -> Option<Value> {
         }
         Event::Members {
             conversation,
+            by,
             added,
             removed,
             removed_me,
         } => json!({
-            "event": "members", "conversation": conversation.to_string(),
+            "event": "members", "conversation": conversation.to_string(), "by": by.to_string(),
             "added": added.iter().map(|(u, d)| json!({"user": u.to_string(), "device": d.to_string()})).collect::<Vec<_>>(),
             "removed": removed.iter().map(|(u, d)| json!({"user": u.to_string(), "device": d.to_string()})).collect::<Vec<_>>(),
             "removed_me": removed_me,
@@ -493,12 +494,13 @@ fn event_line(e: &Event) -> Option<String> {
         Event::Joined { conversation, by } => format!("[{conversation}] {by} added you"),
         Event::Members {
             conversation,
+            by,
             added,
             removed,
             removed_me,
         } => {
             if *removed_me {
-                format!("[{conversation}] you were removed")
+                format!("[{conversation}] {by} removed you")
             } else {
                 let names = |l: &[(sotto_client::Username, sotto_client::DeviceId)]| {
                     l.iter()
@@ -507,7 +509,7 @@ fn event_line(e: &Event) -> Option<String> {
                         .join(", ")
                 };
                 format!(
-                    "[{conversation}] added: {}; removed: {}",
+                    "[{conversation}] {by} changed the members: added: {}; removed: {}",
                     names(added),
                     names(removed)
                 )

@@ -459,3 +459,48 @@ async fn conversations_are_found_by_contact_group_name_or_id_prefix() {
     );
     assert_eq!(bob.client.find_conversation("alice").await.unwrap(), direct);
 }
+
+/// Every membership event names the member who committed it, on every side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_events_name_who_committed_them() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let g = alice
+        .client
+        .create_group("trio", &[name("bob"), name("carol")])
+        .await
+        .unwrap();
+    bob.client.sync().await.unwrap();
+    carol.client.sync().await.unwrap();
+    alice.client.sync().await.unwrap();
+
+    bob.client
+        .remove_members(g, &[name("carol")])
+        .await
+        .unwrap();
+    let by_of = |events: Vec<sotto_client::Event>| -> Vec<(String, bool)> {
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                sotto_client::Event::Members { by, removed_me, .. } => {
+                    Some((by.to_string(), removed_me))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        by_of(bob.client.sync().await.unwrap()),
+        [("bob".to_owned(), false)]
+    );
+    assert_eq!(
+        by_of(alice.client.sync().await.unwrap()),
+        [("bob".to_owned(), false)]
+    );
+    assert_eq!(
+        by_of(carol.client.sync().await.unwrap()),
+        [("bob".to_owned(), true)]
+    );
+}

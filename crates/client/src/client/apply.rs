@@ -12,9 +12,14 @@ pub(super) fn queue(tx: &ProfileTx<'_>, events: &[Event]) -> Result<(), ClientEr
     Ok(())
 }
 
-pub(super) fn members_event(id: ConversationId, change: &sotto_core::RosterChange) -> Event {
+pub(super) fn members_event(
+    id: ConversationId,
+    by: &Username,
+    change: &sotto_core::RosterChange,
+) -> Event {
     Event::Members {
         conversation: id,
+        by: by.clone(),
         added: change
             .added
             .iter()
@@ -123,13 +128,17 @@ pub(super) fn handle(
                     tx.mark_pending_proposals(entry.group)?;
                     Ok(Vec::new())
                 }
-                Incoming::Commit { change, .. } => {
+                Incoming::Commit { change, committer } => {
                     tx.clear_pending_proposals(entry.group)?;
                     tx.mark_roster_to_check(entry.group)?;
                     if change.removed_me {
                         tx.deactivate(entry.group)?;
                     }
-                    Ok(vec![members_event(entry.group, &change)])
+                    Ok(vec![members_event(
+                        entry.group,
+                        &committer.username,
+                        &change,
+                    )])
                 }
                 _ => Ok(Vec::new()),
             }

@@ -104,6 +104,8 @@ pub enum Event {
     Members {
         /// The conversation.
         conversation: ConversationId,
+        /// Who committed the change (this account, for its own commits).
+        by: Username,
         /// Users with devices added (a user may appear when one device was linked).
         added: Vec<(Username, DeviceId)>,
         /// Devices removed.

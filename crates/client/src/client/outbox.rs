@@ -33,7 +33,7 @@ impl Client {
                     if change.removed_me {
                         tx.deactivate(id)?;
                     }
-                    queue(tx, &[members_event(id, &change)])
+                    queue(tx, &[members_event(id, &account.username, &change)])
                 })?;
                 Ok(true)
             }
