@@ -188,6 +188,7 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
         FanoutBackend::Local => "",
         FanoutBackend::Nats { .. } => ", fan-out over NATS",
     };
+    let shutdown = shutdown_signal()?;
     println!("sotto-server listening on {scheme}://{addr} with {data}{fanout}");
     tokio::spawn(sotto_server::expire_loop(
         state.clone(),
@@ -197,32 +198,37 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
         Some(tls) => {
             let listener = sotto_server::tls::TlsListener::new(listener, tls)
                 .map_err(|e| format!("cannot start TLS on {addr}: {e}"))?;
-            sotto_server::run(listener, state, shutdown_signal()).await
+            sotto_server::run(listener, state, shutdown).await
         }
-        None => sotto_server::run(listener, state, shutdown_signal()).await,
+        None => sotto_server::run(listener, state, shutdown).await,
     };
     served.map_err(|e| format!("server error: {e}"))
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers at once, and answers a future
+/// that resolves when one arrives. Installed before the server says it is listening:
+/// a handler installed lazily, when the server first polled it, left a window in
+/// which a SIGTERM still had its default effect and killed the process outright.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut terminate, mut interrupt) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| format!("cannot handle {name}: {e}"))
+        };
+        (
+            install(SignalKind::terminate(), "SIGTERM")?,
+            install(SignalKind::interrupt(), "SIGINT")?,
+        )
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received; finishing in-flight requests");
+    })
 }
