@@ -29,8 +29,8 @@ use sotto_api::{
     RegisterResponse, ServerFrame,
 };
 use sotto_proto::{
-    CertificateFields, ConversationId, DeviceCertificate, DeviceId, DeviceList, DeviceListFields,
-    IdentityPublicKey, MessageId, Username,
+    AccountKeyCertificate, AccountKeyFields, CertificateFields, ConversationId, DeviceCertificate,
+    DeviceId, DeviceList, DeviceListFields, IdentityPublicKey, MessageId, Username,
 };
 use sotto_testkit::framing::{HEADER_LEN as HEADER, application, commit as commit_bytes, welcome};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -265,21 +265,33 @@ struct Account {
 }
 
 async fn register(http: &mut Http, username: &str) -> Res<Account> {
+    // One key serves as root and account key: the bench needs valid lists, not a
+    // realistic hierarchy.
     let sk = SigningKey::from_bytes(&random::<32>());
     let pk = IdentityPublicKey::from_bytes(sk.verifying_key().to_bytes());
     let device = DeviceId::from_bytes(random::<16>());
     let name = Username::parse(username).map_err(|e| format!("bad username: {e}"))?;
+    let account_fields = AccountKeyFields {
+        username: name.clone(),
+        identity_key: pk,
+        account_key: pk,
+        generation: 1,
+        created_at: 1_700_000_000,
+    };
+    let account_sig = sk.sign(&account_fields.to_be_signed()).to_bytes();
     let cert_fields = CertificateFields {
         username: name.clone(),
         device_id: device,
         device_key: random::<32>(),
-        identity_key: pk,
+        account_key: pk,
+        name: "bench".into(),
         created_at: 1_700_000_000,
     };
     let cert_sig = sk.sign(&cert_fields.to_be_signed()).to_bytes();
     let list_fields = DeviceListFields {
         username: name.clone(),
         identity_key: pk,
+        account: AccountKeyCertificate::from_parts(account_fields, account_sig),
         version: 1,
         devices: vec![DeviceCertificate::from_parts(cert_fields, cert_sig)],
     };
@@ -642,7 +654,7 @@ async fn e2e(args: &Args) -> Res<Value> {
         let username = |text: String| text.parse::<Username>().map_err(|e| e.to_string());
         let sender = open(format!("s{i}"))?;
         sender
-            .register(&username(format!("b{tag}s{i}"))?)
+            .register(&username(format!("b{tag}s{i}"))?, "bench")
             .await
             .map_err(|e| e.to_string())?;
         let mut names = Vec::new();
@@ -650,7 +662,10 @@ async fn e2e(args: &Args) -> Res<Value> {
         for j in 1..per_group {
             let name = username(format!("b{tag}r{i}x{j}"))?;
             let client = open(format!("r{i}x{j}"))?;
-            client.register(&name).await.map_err(|e| e.to_string())?;
+            client
+                .register(&name, "bench")
+                .await
+                .map_err(|e| e.to_string())?;
             names.push(name);
             recipients.push(Arc::new(client));
         }

@@ -145,7 +145,7 @@ impl Listening {
 
 async fn registered(homes: &std::path::Path, who: &str, node: &Running) -> Client {
     let client = Client::open(&homes.join(who), &format!("http://{}", node.addr)).unwrap();
-    client.register(&name(who)).await.unwrap();
+    client.register(&name(who), "phone").await.unwrap();
     client
 }
 

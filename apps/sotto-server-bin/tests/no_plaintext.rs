@@ -38,8 +38,8 @@ fn run(log_level: Option<&str>) -> (Vec<u8>, String) {
     runtime.block_on(async {
         let alice = Client::open(&homes.path().join("alice"), &url).unwrap();
         let bob = Client::open(&homes.path().join("bob"), &url).unwrap();
-        alice.register(&name("alice")).await.unwrap();
-        bob.register(&name("bob")).await.unwrap();
+        alice.register(&name("alice"), "phone").await.unwrap();
+        bob.register(&name("bob"), "phone").await.unwrap();
         alice.send_text(name("bob"), SENTINEL).await.unwrap();
         // Before bob fetches it: stored as ciphertext only.
         scan_files(&dir.path().join("data"), &[("the plaintext sentinel", SENTINEL.as_bytes()), ("a device token", carol.token.as_bytes())]);

@@ -17,8 +17,13 @@ const EXIT_CODES: &str = "Exit codes:
   2  bad usage (unknown command, missing or invalid argument)
   3  not found (unknown user, conversation or message)
   4  safety number mismatch (`verify`)
-  5  refused for security (identity key changed, uncertified device)
-  6  busy: the conversation kept changing while retrying; nothing was changed, try again";
+  5  refused for security (identity key changed, uncertified device, a device list
+     this device did not sign, a wrong recovery key)
+  6  busy: the conversation kept changing while retrying; nothing was changed, try again
+  7  the recipient's safety number changed: nothing was sent; compare the new number
+     (`sotto safety-number USER`), then accept it with `sotto trust USER`
+  8  the recipient has no current device to receive it (account reset or all devices
+     removed): nothing was sent";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,9 +57,37 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create an account with this device.
+    /// Create an account with this device as its primary device. Prints the
+    /// recovery key once: write it down and keep it offline; it is the only way to
+    /// get the account back if this device is lost.
     Register {
         /// 3-32 characters of a-z, 0-9, '.', '_' or '-'.
+        #[arg(value_parser = parse_username)]
+        username: Username,
+        /// A name for this device, shown to your contacts ("phone", "laptop").
+        #[arg(long, default_value = "primary", value_name = "NAME")]
+        device_name: String,
+    },
+    /// Restore your account on this (new, empty) profile with its recovery key, after
+    /// losing your primary device. Every old device is removed; your contacts keep
+    /// your safety number, and your conversations get this device.
+    Recover {
+        /// Your username.
+        #[arg(value_parser = parse_username)]
+        username: Username,
+        /// A name for this device.
+        #[arg(long, default_value = "primary", value_name = "NAME")]
+        device_name: String,
+        /// Read the recovery key from this file instead of the terminal (or set
+        /// SOTTO_RECOVERY_KEY).
+        #[arg(long, value_name = "FILE")]
+        recovery_key_file: Option<PathBuf>,
+    },
+    /// Accept a contact's new identity key after their safety number changed
+    /// (compare `sotto safety-number USER` with them first). Resets their
+    /// verification; your conversations with them get their new devices.
+    Trust {
+        /// The contact.
         #[arg(value_parser = parse_username)]
         username: Username,
     },
@@ -155,8 +188,12 @@ enum Command {
 enum LinkCommand {
     /// On the new device (a fresh --home): print a one-time link code, wait for
     /// approval, then print this device's id.
-    Start,
-    /// On an existing device: approve the new device showing CODE.
+    Start {
+        /// A name for this device, shown to your contacts ("laptop").
+        #[arg(long, default_value = "linked device", value_name = "NAME")]
+        device_name: String,
+    },
+    /// On the primary device: approve the new device showing CODE.
     Approve {
         /// The code `sotto link start` printed.
         code: LinkCode,
@@ -165,11 +202,15 @@ enum LinkCommand {
 
 #[derive(Subcommand, Debug)]
 enum DevicesCommand {
-    /// Unlink one of this account's other devices (its access ends at once).
+    /// Unlink one of this account's other devices, on the primary device (its
+    /// access ends at once; it is removed from every conversation).
     Remove {
         /// The device id (see `sotto devices`).
         device_id: DeviceId,
     },
+    /// Replace this device's server token (a copy of this profile made before can no
+    /// longer act as this device).
+    RotateToken,
 }
 
 #[derive(Subcommand, Debug)]
@@ -229,12 +270,18 @@ impl From<ClientError> for Failure {
             | ClientError::UnknownDevice(_)
             | ClientError::InvalidLinkCode
             | ClientError::InvalidServer { .. }
+            | ClientError::InvalidRecoveryKey(_)
+            | ClientError::NotPrimary
             | ClientError::CaCertificate(_) => 2,
             ClientError::UnknownUser(_)
             | ClientError::UnknownConversation(_)
             | ClientError::UnknownMessage(_) => 3,
-            ClientError::Refused(_) => 5,
+            ClientError::Refused(_)
+            | ClientError::ForeignDeviceList { .. }
+            | ClientError::WrongRecoveryKey(_) => 5,
             ClientError::Contention { .. } => 6,
+            ClientError::SafetyNumberChanged(_) => 7,
+            ClientError::Unreachable { .. } => 8,
             _ => 1,
         };
         // The SDK's messages name no commands; the CLI adds what to type next.
@@ -245,6 +292,11 @@ impl From<ClientError> for Failure {
             ClientError::UnknownDevice(_) => "; see `sotto devices`",
             ClientError::UnknownMessage(_) => "; see `sotto history CONVERSATION`",
             ClientError::CaCertificate(_) => " (check --ca-cert)",
+            ClientError::SafetyNumberChanged(_) => {
+                "; see `sotto safety-number USER`, then `sotto trust USER`"
+            }
+            ClientError::NotPrimary => "; run this on your primary device",
+            ClientError::ForeignDeviceList { .. } => " (`sotto recover USERNAME`)",
             _ => "",
         };
         Self {
@@ -434,13 +486,20 @@ fn event_json(e: &Event) -> Option<Value> {
             by,
             added,
             removed,
+            linked,
+            unlinked,
             removed_me,
         } => json!({
             "event": "members", "conversation": conversation.to_string(), "by": by.to_string(),
             "added": added.iter().map(|(u, d)| json!({"user": u.to_string(), "device": d.to_string()})).collect::<Vec<_>>(),
             "removed": removed.iter().map(|(u, d)| json!({"user": u.to_string(), "device": d.to_string()})).collect::<Vec<_>>(),
+            "linked": linked.iter().map(|c| json!({"user": c.user.to_string(), "device": c.device.to_string(), "name": c.name})).collect::<Vec<_>>(),
+            "unlinked": unlinked.iter().map(|c| json!({"user": c.user.to_string(), "device": c.device.to_string(), "name": c.name})).collect::<Vec<_>>(),
             "removed_me": removed_me,
         }),
+        Event::Contact { user, detail } => {
+            json!({"event": "contact", "user": user.to_string(), "detail": detail})
+        }
         Event::GroupName {
             conversation,
             by,
@@ -497,24 +556,17 @@ fn event_line(e: &Event) -> Option<String> {
             by,
             added,
             removed,
+            linked,
+            unlinked,
             removed_me,
         } => {
             if *removed_me {
                 format!("[{conversation}] {by} removed you")
             } else {
-                let names = |l: &[(sotto_client::Username, sotto_client::DeviceId)]| {
-                    l.iter()
-                        .map(|(u, _)| u.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                format!(
-                    "[{conversation}] {by} changed the members: added: {}; removed: {}",
-                    names(added),
-                    names(removed)
-                )
+                members_lines(conversation, by, added, removed, linked, unlinked)
             }
         }
+        Event::Contact { user: _, detail } => shown(detail),
         Event::Timer {
             conversation,
             seconds: Some(s),
@@ -542,6 +594,45 @@ fn event_line(e: &Event) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+/// A membership change in words: devices a member linked or unlinked are told as
+/// such ("bob linked a new device (laptop)"), never as bob joining or leaving.
+fn members_lines(
+    conversation: &sotto_client::ConversationId,
+    by: &Username,
+    added: &[(Username, DeviceId)],
+    removed: &[(Username, DeviceId)],
+    linked: &[sotto_client::DeviceChange],
+    unlinked: &[sotto_client::DeviceChange],
+) -> String {
+    let users = |l: &[(Username, DeviceId)]| {
+        let mut names: Vec<String> = l.iter().map(|(u, _)| u.to_string()).collect();
+        names.dedup();
+        names.join(", ")
+    };
+    let mut lines = Vec::new();
+    if !added.is_empty() {
+        lines.push(format!("[{conversation}] {by} added {}", users(added)));
+    }
+    if !removed.is_empty() {
+        lines.push(format!("[{conversation}] {by} removed {}", users(removed)));
+    }
+    for c in linked {
+        lines.push(format!(
+            "[{conversation}] {} linked a new device ({})",
+            c.user,
+            shown(&c.name)
+        ));
+    }
+    for c in unlinked {
+        lines.push(format!(
+            "[{conversation}] {} removed a device ({})",
+            c.user,
+            shown(&c.name)
+        ));
+    }
+    lines.join("\n")
 }
 
 fn print_events(json_mode: bool, events: &[Event]) {
@@ -599,16 +690,63 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let client = Client::open_with_ca(&home, &cli.server, ca)?;
     let j = cli.json;
     match cli.command {
-        Command::Register { username } => {
-            let me = client.register(&username).await?;
+        Command::Register {
+            username,
+            device_name,
+        } => {
+            let registered = client.register(&username, &device_name).await?;
+            let me = &registered.whoami;
+            let key = registered
+                .recovery_key
+                .as_ref()
+                .map(|k| k.as_str())
+                .unwrap_or_default();
             out(
                 j,
-                &json!({"username": me.username.to_string(), "device_id": me.device_id.to_string()}),
+                &json!({"username": me.username.to_string(), "device_id": me.device_id.to_string(), "recovery_key": key}),
                 || {
                     format!(
-                        "registered {} (device {}) on {}",
-                        me.username, me.device_id, me.server
+                        "registered {} (device {}) on {}\n\n\
+                         Your recovery key (shown only now; write it down and keep it offline):\n\n    {key}\n\n\
+                         It restores your account if you lose this device (`sotto recover {}`).\n\
+                         Anyone who has it can take over your account.",
+                        me.username, me.device_id, me.server, me.username
                     )
+                },
+            );
+        }
+        Command::Recover {
+            username,
+            device_name,
+            recovery_key_file,
+        } => {
+            let key = read_recovery_key(recovery_key_file.as_deref())?;
+            let registered = client.recover(&username, &key, &device_name).await?;
+            let me = &registered.whoami;
+            out(
+                j,
+                &json!({"username": me.username.to_string(), "device_id": me.device_id.to_string(), "recovered": true}),
+                || {
+                    format!(
+                        "recovered {} on this device ({}); your other devices were removed",
+                        me.username, me.device_id
+                    )
+                },
+            );
+        }
+        Command::Trust { username } => {
+            let changed = client.trust(&username).await?;
+            out(
+                j,
+                &json!({"username": username, "new_key": changed, "verified": false}),
+                || {
+                    if changed {
+                        format!(
+                            "accepted {username}'s new identity key; compare safety numbers again to verify them"
+                        )
+                    } else {
+                        format!("{username}'s identity key has not changed")
+                    }
                 },
             );
         }
@@ -619,20 +757,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 &json!({
                     "username": me.username.to_string(),
                     "device_id": me.device_id.to_string(),
+                    "device_name": me.device_name,
+                    "primary": me.primary,
                     "fingerprint": me.fingerprint,
                     "server": me.server,
                 }),
                 || {
                     format!(
-                        "{} on {}\ndevice {}\nfingerprint {}",
-                        me.username, me.server, me.device_id, me.fingerprint
+                        "{} on {}\ndevice {} ({}{})\nfingerprint {}",
+                        me.username,
+                        me.server,
+                        me.device_id,
+                        shown(&me.device_name),
+                        if me.primary { ", primary" } else { "" },
+                        me.fingerprint
                     )
                 },
             );
         }
-        Command::Link(LinkCommand::Start) => {
+        Command::Link(LinkCommand::Start { device_name }) => {
             let me = client
-                .link_start(|code| {
+                .link_start(&device_name, |code| {
                     if j {
                         println!("{}", json!({ "code": code }));
                     } else {
@@ -657,11 +802,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             for d in client.devices().await? {
                 out(
                     j,
-                    &json!({"device_id": d.device_id.to_string(), "created_at": d.created_at, "this_device": d.this_device}),
+                    &json!({"device_id": d.device_id.to_string(), "name": d.name, "created_at": d.created_at, "this_device": d.this_device}),
                     || {
                         format!(
-                            "{}{}",
+                            "{}  {}{}",
                             d.device_id,
+                            shown(&d.name),
                             if d.this_device { "  (this device)" } else { "" }
                         )
                     },
@@ -676,6 +822,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 format!("removed {device_id}")
             });
         }
+        Command::Devices {
+            command: Some(DevicesCommand::RotateToken),
+        } => {
+            client.rotate_token().await?;
+            out(j, &json!({"token_rotated": true}), || {
+                "this device's token was replaced".into()
+            });
+        }
         Command::Send { target, text, file } => {
             let to = client.find_recipient(&target).await?;
             let sent = match (&file, &text) {
@@ -688,10 +842,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     });
                 }
             };
+            let unreachable: Vec<Value> = sent
+                .unreachable
+                .iter()
+                .map(|(u, why)| json!({"user": u.to_string(), "reason": why}))
+                .collect();
             out(
                 j,
-                &json!({"id": sent.id.to_string(), "conversation": sent.conversation.to_string()}),
-                || format!("sent {} in {}", sent.id, sent.conversation),
+                &json!({"id": sent.id.to_string(), "conversation": sent.conversation.to_string(), "unreachable": unreachable}),
+                || {
+                    let mut line = format!("sent {} in {}", sent.id, sent.conversation);
+                    for (u, why) in &sent.unreachable {
+                        line.push_str(&format!("\nnot delivered to {u}: {why}"));
+                    }
+                    line
+                },
             );
         }
         Command::Receive { follow, output } => {
@@ -763,10 +928,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Group(g) => group(&client, j, g).await?,
         Command::SafetyNumber { username } => {
             let n = client.safety_number(&username).await?;
+            let pending = client.pending_safety_number(&username)?;
             out(
                 j,
-                &json!({"username": username, "safety_number": n.digits(), "scannable": n.scannable()}),
-                || n.grouped(),
+                &json!({
+                    "username": username, "safety_number": n.digits(), "scannable": n.scannable(),
+                    "new_safety_number": pending.as_ref().map(|p| p.digits()),
+                }),
+                || match &pending {
+                    None => n.grouped(),
+                    Some(p) => format!(
+                        "{username}'s safety number CHANGED (a new identity key, not accepted yet).\n\
+                         New number (compare it with {username}):\n{}\n\
+                         Then run `sotto trust {username}`. The old number was:\n{}",
+                        p.grouped(),
+                        n.grouped()
+                    ),
+                },
             );
         }
         Command::Verify { username, number } => {
@@ -951,6 +1129,26 @@ async fn group(client: &Client, j: bool, command: GroupCommand) -> Result<(), Fa
     Ok(())
 }
 
+/// The recovery key: from a file, from SOTTO_RECOVERY_KEY, or typed on the terminal.
+fn read_recovery_key(file: Option<&std::path::Path>) -> Result<String, Failure> {
+    if let Some(path) = file {
+        return std::fs::read_to_string(path).map_err(|e| Failure {
+            message: format!("cannot read the recovery key file {}: {e}", path.display()),
+            code: 2,
+        });
+    }
+    if let Ok(key) = std::env::var("SOTTO_RECOVERY_KEY") {
+        return Ok(key);
+    }
+    eprint!("recovery key: ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| Failure {
+        message: format!("cannot read the recovery key: {e}"),
+        code: 2,
+    })?;
+    Ok(line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -985,7 +1183,7 @@ mod tests {
     fn arguments_are_parsed_into_their_types() {
         let cli = Cli::try_parse_from(["sotto", "register", "Alice"]).expect("parses");
         assert!(
-            matches!(cli.command, Command::Register { username } if username.as_str() == "alice")
+            matches!(cli.command, Command::Register { username, .. } if username.as_str() == "alice")
         );
         for bad in [
             vec!["sotto", "register", "a"],

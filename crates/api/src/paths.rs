@@ -52,6 +52,16 @@ pub fn account(username: &Username) -> String {
     fill(ACCOUNT.template, username)
 }
 
+/// `POST /v1/accounts/{username}/recover`.
+pub fn recover(username: &Username) -> String {
+    fill(RECOVER.template, username)
+}
+
+/// `POST /v1/accounts/{username}/recovery-lookup`.
+pub fn recovery_lookup(username: &Username) -> String {
+    fill(RECOVERY_LOOKUP.template, username)
+}
+
 /// `GET /v1/groups/{id}`.
 pub fn group(id: ConversationId) -> String {
     fill(GROUP.template, &id)
@@ -91,6 +101,14 @@ pub const OPENAPI: Endpoint = at(Method::Get, "/openapi.json");
 pub const REGISTER: Endpoint = at(Method::Post, "/v1/accounts");
 /// An account's identity key and device list.
 pub const ACCOUNT: Endpoint = at(Method::Get, "/v1/accounts/{username}");
+/// Restore an account on a new device with its recovery key: a device list under a
+/// new account-key generation, certified by the account's root.
+pub const RECOVER: Endpoint = at(Method::Post, "/v1/accounts/{username}/recover");
+/// Read an account's directory entry with a signature of its root (before a
+/// recovery, when the device has no token).
+pub const RECOVERY_LOOKUP: Endpoint = at(Method::Post, "/v1/accounts/{username}/recovery-lookup");
+/// Replace the caller's bearer token.
+pub const ROTATE_TOKEN: Endpoint = at(Method::Post, "/v1/devices/token");
 /// Publish the caller's account's new device list.
 pub const PUBLISH_DEVICES: Endpoint = at(Method::Put, "/v1/devices");
 /// Upload KeyPackages.
@@ -129,6 +147,9 @@ pub const ALL: &[Endpoint] = &[
     OPENAPI,
     REGISTER,
     ACCOUNT,
+    RECOVERY_LOOKUP,
+    RECOVER,
+    ROTATE_TOKEN,
     PUBLISH_DEVICES,
     UPLOAD_KEY_PACKAGES,
     KEY_PACKAGE_STATUS,

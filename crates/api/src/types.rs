@@ -59,6 +59,40 @@ pub struct AccountResponse {
     pub device_list: B64,
 }
 
+/// `POST /v1/accounts/{username}/recovery-lookup` body: the account's root signs
+/// `recovery_lookup_message(username, at)` (see `sotto_proto`); `at` must be within
+/// five minutes of the server's clock. The answer is an [`AccountResponse`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecoveryLookupRequest {
+    /// Unix seconds when the signature was made.
+    pub at: u64,
+    /// The root's Ed25519 signature (base64, 64 bytes).
+    pub signature: B64,
+}
+
+/// `POST /v1/accounts/{username}/recover` body: the recovered account's first list.
+/// Its account-key certificate must be signed by the account's root (its identity
+/// key) with a generation above the current one, and it must name exactly one device:
+/// the new one. Every other device of the account is removed (tokens revoked). The
+/// answer is a [`RegisterResponse`] for the new device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecoverRequest {
+    /// The new signed device list (base64).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
+    pub device_list: DeviceList,
+}
+
+/// `POST /v1/devices/token` answer: the caller's new bearer token. The token the
+/// request was made with stops working at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenResponse {
+    /// The new bearer token, shown only now.
+    pub token: String,
+}
+
 /// `PUT /v1/devices` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -233,6 +267,10 @@ pub enum EntryKind {
     Commit,
     /// An application message or a proposal.
     Message,
+    /// A directory notice: the account named in the body (its username, UTF-8)
+    /// published a new device list or was released by the operator. Fetch its
+    /// directory entry again. Its `group` is all zeros (it belongs to no group).
+    Directory,
 }
 
 /// One mailbox entry (`GET /v1/mailbox`).

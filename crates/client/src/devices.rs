@@ -1,11 +1,14 @@
-//! This account's devices: linking a new one, listing, removing.
+//! This account's devices: linking a new one, listing, removing. Only the primary
+//! device holds the account key, so only it approves links and removes devices
+//! (decision 0011); it builds each new list from the list it verified itself, never
+//! from what the server returns.
 
 use std::time::Duration;
 
-use sotto_core::{Conversation, DeviceSigner, IdentityKeyPair, LocalDevice};
-use sotto_proto::{DeviceCertificate, DeviceId, Username};
+use sotto_core::{DeviceSigner, LocalDevice};
+use sotto_proto::{CertificateChain, DeviceCertificate, DeviceId, DeviceList, Username};
 
-use crate::client::{Client, WhoAmI, load, rng_bytes};
+use crate::client::{Adds, Client, WhoAmI, rng_bytes};
 use crate::error::ClientError;
 use crate::link::{LinkCode, Ready, Request, Response};
 use crate::profile::Account;
@@ -14,14 +17,14 @@ use crate::profile::Account;
 const POLL: Duration = Duration::from_millis(300);
 /// How long a side waits for the other (the server keeps slots 10 minutes).
 const LINK_TIMEOUT: Duration = Duration::from_secs(600);
-/// Commit retries when removing a device from a busy conversation.
-const RETRIES: usize = 8;
 
 /// One of this account's devices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
     /// The device id.
     pub device_id: DeviceId,
+    /// Its name, as certified (peer text: escape it when shown).
+    pub name: String,
     /// When its certificate was made (Unix seconds).
     pub created_at: u64,
     /// Whether it is the device this profile is.
@@ -43,10 +46,15 @@ impl Client {
     }
 
     /// On a new device with an empty profile: makes a link code, hands it to
-    /// `show_code` (print it or render a QR code), then waits until an existing
-    /// device of the account approves it, and becomes that account's new device.
+    /// `show_code` (print it or render a QR code), then waits until the account's
+    /// primary device approves it, and becomes a device of that account, called
+    /// `device_name`. It receives only its own certificate and token: no account key.
     #[tracing::instrument(name = "link_start", skip_all)]
-    pub async fn link_start(&self, show_code: impl FnOnce(&str)) -> Result<WhoAmI, ClientError> {
+    pub async fn link_start(
+        &self,
+        device_name: &str,
+        show_code: impl FnOnce(&str),
+    ) -> Result<WhoAmI, ClientError> {
         if let Some(a) = self.read(|tx| tx.account())? {
             return Err(ClientError::AlreadyRegistered(a.username.to_string()));
         }
@@ -63,6 +71,7 @@ impl Client {
         let request = Request {
             device_id,
             device_key: signer.public_key().to_vec(),
+            name: sotto_core::device_name(device_name),
         };
         self.transport
             .put_link(&code.request_slot(), code.seal("request", &request, nonce)?)
@@ -73,42 +82,35 @@ impl Client {
             .wait_for_slot(&code.response_slot(), "the approval")
             .await?;
         let response: Response = code.open("response", &sealed)?;
-        let secret: [u8; 32] = response
-            .identity_secret
-            .as_slice()
-            .try_into()
-            .map_err(|_| ClientError::Link("the approval carried a malformed key".into()))?;
-        let identity = IdentityKeyPair::from_secret_bytes(&secret);
-        let certificate = DeviceCertificate::from_bytes(&response.certificate).map_err(|_| {
+        let chain = CertificateChain::from_bytes(&response.chain).map_err(|_| {
             ClientError::Link("the approval carried a malformed certificate".into())
         })?;
-        // The certificate must be for this device and key, signed by that identity.
-        if certificate.verify().is_err()
-            || certificate.device_id() != device_id
-            || certificate.username() != &response.username
-            || certificate.identity_key() != &identity.public()
+        // The chain must verify and be for this device and account.
+        if chain.verify().is_err()
+            || chain.device.device_id() != device_id
+            || chain.device.username() != &response.username
         {
             return Err(ClientError::Link(
                 "the approval's certificate is not for this device".into(),
             ));
         }
-        let device = LocalDevice::new(certificate, signer).map_err(|_| {
+        let device = LocalDevice::new(chain, signer).map_err(|_| {
             ClientError::Link("the approval's certificate certifies another key".into())
         })?;
         let account = Account {
             username: response.username.clone(),
             device,
-            identity,
+            account_key: None,
             token: response.token.clone(),
             server: self.transport.base().to_owned(),
         };
-        // The directory must now list this device under the same identity key.
+        // The directory must now list this very certificate, under the same root.
         let info = self
             .transport
             .account(&account.token, &account.username)
             .await?;
-        if info.device_list.identity_key() != &account.identity.public()
-            || info.device_list.device(device_id).is_none()
+        if info.device_list.identity_key() != &account.identity_key()
+            || info.device_list.device(device_id) != Some(account.device.certificate())
         {
             return Err(ClientError::Link(
                 "the server's device list does not include this device under the account's key"
@@ -117,10 +119,8 @@ impl Client {
         }
         self.write(|tx| {
             tx.save_account(&account)?;
-            Ok(sotto_core::accept_device_list(
-                &mut tx.trust(),
-                &info.device_list,
-            )?)
+            sotto_core::accept_device_list(&mut tx.trust(), &info.device_list)?;
+            Ok(())
         })?;
         self.top_up_key_packages(true).await?;
         let nonce = self.read(rng_bytes::<12>)?;
@@ -133,12 +133,16 @@ impl Client {
         self.whoami()
     }
 
-    /// On an existing device: approves the new device that shows `code`: certifies
-    /// it, publishes the new device list, hands it the account key through the relay,
-    /// waits for it to be ready and adds it to every conversation. Answers its id.
+    /// On the primary device: approves the new device that shows `code`: certifies
+    /// it under the name it gave, publishes the new device list, hands it its
+    /// certificate and token through the relay, waits for it to be ready and adds it
+    /// to every conversation. Answers its id.
     #[tracing::instrument(name = "link_approve", skip_all)]
     pub async fn link_approve(&self, code: &LinkCode) -> Result<DeviceId, ClientError> {
         let account = self.account()?;
+        let Some(account_key) = &account.account_key else {
+            return Err(ClientError::NotPrimary);
+        };
         let sealed = self
             .transport
             .take_link(&code.request_slot())
@@ -155,26 +159,15 @@ impl Client {
             .as_slice()
             .try_into()
             .map_err(|_| ClientError::Link("the new device sent a malformed key".into()))?;
-        let info = self
-            .transport
-            .account(&account.token, &account.username)
-            .await?;
-        if info.device_list.device(request.device_id).is_some() {
+        let current = self.own_list(&account).await?;
+        if current.device(request.device_id).is_some() {
             return Err(ClientError::Link("that device is already linked".into()));
         }
-        let certificate = account.identity.certify_device(
-            &account.username,
-            request.device_id,
-            device_key,
-            self.now(),
-        );
-        let mut certs = info.device_list.devices().to_vec();
+        let certificate =
+            account_key.certify_device(request.device_id, device_key, &request.name, self.now());
+        let mut certs = current.devices().to_vec();
         certs.push(certificate.clone());
-        let list = account.identity.sign_device_list(
-            &account.username,
-            info.device_list.version() + 1,
-            certs,
-        );
+        let list = account_key.sign_device_list(current.version() + 1, certs);
         let published = self
             .transport
             .publish_devices(&account.token, &list)
@@ -182,11 +175,17 @@ impl Client {
         let token = published.new_device_token.ok_or_else(|| {
             ClientError::Link("the server did not issue a token for the new device".into())
         })?;
-        self.write(|tx| Ok(sotto_core::accept_device_list(&mut tx.trust(), &list)?))?;
+        self.write(|tx| {
+            sotto_core::accept_device_list(&mut tx.trust(), &list)?;
+            Ok(())
+        })?;
         let response = Response {
             username: account.username.clone(),
-            identity_secret: account.identity.to_secret_bytes().to_vec(),
-            certificate: certificate.to_bytes(),
+            chain: CertificateChain {
+                account: account_key.certificate().clone(),
+                device: certificate,
+            }
+            .to_bytes(),
             token,
         };
         let nonce = self.read(rng_bytes::<12>)?;
@@ -209,89 +208,89 @@ impl Client {
                 "the new device answered with another id".into(),
             ));
         }
-        // Add it to every conversation this device is in.
-        let me = [account.username.clone()];
-        for c in self.read(|tx| tx.conversations())? {
-            if c.active {
-                self.add_users(c.id, &me).await?;
-            }
+        // Accepting the new list marked every conversation: add it everywhere now.
+        self.catch_up().await?;
+        for id in self.read(|tx| tx.rosters_to_check())? {
+            self.reconcile(&account, id, Adds::Any).await?;
         }
         Ok(request.device_id)
+    }
+
+    /// This account's list as this device verified it, after checking that the
+    /// directory serves the same one. On the primary, a newer list it did not sign
+    /// means someone else holds the account key: refused, and reported.
+    async fn own_list(&self, account: &Account) -> Result<DeviceList, ClientError> {
+        let held = self
+            .read(|tx| tx.device_list_of(&account.username))?
+            .ok_or_else(|| ClientError::Corrupt("this account's own device list".into()))?;
+        let served = self
+            .transport
+            .account(&account.token, &account.username)
+            .await?
+            .device_list;
+        if served != held {
+            // Accepting it reports it (a security event on the primary); the verified
+            // list decides nothing here either way.
+            let _ = self.refresh_device_list(account, &account.username).await;
+            return Err(ClientError::ForeignDeviceList {
+                version: served.version(),
+            });
+        }
+        Ok(held)
     }
 
     /// This account's devices, from the signed device list.
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
         let account = self.account()?;
-        let info = self
-            .transport
-            .account(&account.token, &account.username)
+        let list = self
+            .refresh_device_list(&account, &account.username)
             .await?;
         let me = account.device.device_id();
-        Ok(info
-            .device_list
+        Ok(list
             .devices()
             .iter()
             .map(|c| DeviceInfo {
                 device_id: c.device_id(),
+                name: c.name().to_owned(),
                 created_at: c.created_at(),
                 this_device: c.device_id() == me,
             })
             .collect())
     }
 
-    /// Unlinks another device of this account: publishes a device list without it
-    /// (the server revokes its token and drops its mailbox at once) and removes it
-    /// from every conversation.
+    /// Unlinks another device of this account (on the primary): publishes a device
+    /// list without it (the server revokes its token and drops its mailbox at once,
+    /// and tells the members of its conversations), then removes it from every
+    /// conversation this device is in; members remove it from the others.
     pub async fn remove_device(&self, device: DeviceId) -> Result<(), ClientError> {
         let account = self.account()?;
         if device == account.device.device_id() {
             return Err(ClientError::RemovingThisDevice);
         }
-        let info = self
-            .transport
-            .account(&account.token, &account.username)
-            .await?;
-        if info.device_list.device(device).is_none() {
+        let Some(account_key) = &account.account_key else {
+            return Err(ClientError::NotPrimary);
+        };
+        let current = self.own_list(&account).await?;
+        if current.device(device).is_none() {
             return Err(ClientError::UnknownDevice(device));
         }
-        let certs: Vec<DeviceCertificate> = info
-            .device_list
+        let certs: Vec<DeviceCertificate> = current
             .devices()
             .iter()
             .filter(|c| c.device_id() != device)
             .cloned()
             .collect();
-        let list = account.identity.sign_device_list(
-            &account.username,
-            info.device_list.version() + 1,
-            certs,
-        );
+        let list = account_key.sign_device_list(current.version() + 1, certs);
         self.transport
             .publish_devices(&account.token, &list)
             .await?;
-        self.write(|tx| Ok(sotto_core::accept_device_list(&mut tx.trust(), &list)?))?;
+        self.write(|tx| {
+            sotto_core::accept_device_list(&mut tx.trust(), &list)?;
+            Ok(())
+        })?;
         self.catch_up().await?;
-        for c in self.read(|tx| tx.conversations())? {
-            if !c.active {
-                continue;
-            }
-            for _ in 0..RETRIES {
-                let out = self.write(|tx| {
-                    let mut conv: Conversation = load(tx, c.id)?;
-                    if !conv.roster()?.contains(device) {
-                        return Ok(None);
-                    }
-                    Ok(Some(conv.remove_devices(
-                        &tx.provider(),
-                        &account.device,
-                        &[device],
-                    )?))
-                })?;
-                let Some(out) = out else { break };
-                if self.submit_commit(&account, c.id, out).await? {
-                    break;
-                }
-            }
+        for id in self.read(|tx| tx.rosters_to_check())? {
+            self.reconcile(&account, id, Adds::Designated).await?;
         }
         Ok(())
     }
@@ -299,5 +298,11 @@ impl Client {
     /// The username of this profile, if registered.
     pub fn username(&self) -> Result<Option<Username>, ClientError> {
         Ok(self.read(|tx| tx.account())?.map(|a| a.username))
+    }
+
+    /// Whether this profile is an account's primary device, for callers that show
+    /// device commands only where they work.
+    pub fn is_primary(&self) -> Result<bool, ClientError> {
+        Ok(self.account()?.is_primary())
     }
 }

@@ -3,7 +3,7 @@
 
 use sotto_api::ErrorCode;
 use sotto_core::{ConversationError, Refusal, TrustError, TrustStoreError};
-use sotto_proto::{ConversationId, DeviceId, MessageId};
+use sotto_proto::{ConversationId, DeviceId, MessageId, Username};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +136,45 @@ pub enum ClientError {
     /// Linking a device failed.
     #[error("linking failed: {0}")]
     Link(String),
+    /// The recovery key as typed does not decode.
+    #[error("that is not a recovery key: {0}")]
+    InvalidRecoveryKey(String),
+    /// The recovery key is not the given account's.
+    #[error("that recovery key is not {0}'s: check the key and the username")]
+    WrongRecoveryKey(String),
+    /// Linking and removing devices need the account key, which only the primary
+    /// device holds.
+    #[error(
+        "only the account's primary device (the one it was registered or recovered on) can \
+         link or remove devices"
+    )]
+    NotPrimary,
+    /// The directory's device list for this account is not one this (primary) device
+    /// signed: someone else holds the account key.
+    #[error(
+        "the server's device list for your account (version {version}) was not made by this \
+         device: someone else holds your account key (a stolen copy of this device?). \
+         Nothing was changed; recover the account with your recovery key"
+    )]
+    ForeignDeviceList {
+        /// The version found.
+        version: u64,
+    },
+    /// A contact's identity key changed (they registered again): nothing is sent to
+    /// them until the person accepts the new key.
+    #[error(
+        "{0}'s safety number changed (a new identity key: a reinstall, or someone else): \
+         nothing was sent to them. Compare the new safety number with {0}, then accept it"
+    )]
+    SafetyNumberChanged(Username),
+    /// A send would reach none of a recipient's current devices.
+    #[error("{user} cannot receive this: {reason}. Nothing was sent")]
+    Unreachable {
+        /// The recipient.
+        user: Username,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl From<TrustError> for ClientError {

@@ -17,7 +17,9 @@ mod listen;
 mod profile;
 mod transport;
 
-pub use client::{Client, ConversationSummary, Event, Recipient, Sent, WhoAmI};
+pub use client::{
+    Client, ConversationSummary, DeviceChange, Event, Recipient, Registered, Sent, WhoAmI,
+};
 pub use devices::DeviceInfo;
 pub use error::ClientError;
 pub use link::LinkCode;

@@ -4,10 +4,12 @@
 //! slot id and the key that seals the payloads are derived from it, so the server,
 //! which sees only slot ids and sealed bytes, learns nothing it could use:
 //!
-//! 1. new device → `request` slot: its device id and MLS signature public key;
-//! 2. approving device → `response` slot: the username, the account identity key, the
-//!    new device's certificate and its server token (the approver published the new
-//!    device list, which made the server issue that token);
+//! 1. new device → `request` slot: its device id, MLS signature public key and the
+//!    name the person gave it;
+//! 2. approving (primary) device → `response` slot: the username, the new device's
+//!    certificate chain and its server token (the approver published the new device
+//!    list, which made the server issue that token). Never the account key or the
+//!    root: a linked device can certify nothing (decision 0011);
 //! 3. new device → `ready` slot: "my KeyPackages are uploaded", after which the
 //!    approver adds it to every conversation.
 //!
@@ -44,22 +46,23 @@ pub(crate) struct Request {
     pub device_id: sotto_proto::DeviceId,
     #[serde(with = "b64::serde_bytes")]
     pub device_key: Vec<u8>,
+    /// The device's name ("laptop"), as the person typed it on the new device.
+    pub name: String,
 }
 
-/// Step 2: what the new device needs to act as the account.
+/// Step 2: what the new device needs to act as one of the account's devices.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Response {
     pub username: sotto_proto::Username,
+    /// Its certificate chain (account-key certificate and device certificate).
     #[serde(with = "b64::serde_bytes")]
-    pub identity_secret: Vec<u8>,
-    #[serde(with = "b64::serde_bytes")]
-    pub certificate: Vec<u8>,
+    pub chain: Vec<u8>,
     pub token: String,
 }
 
 impl Drop for Response {
     fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.identity_secret);
+        zeroize::Zeroize::zeroize(&mut self.token);
     }
 }
 

@@ -212,6 +212,72 @@ impl Transport {
                 Some(ErrorCode::UnknownUser) => ClientError::UnknownUser(username.to_string()),
                 _ => e,
             })?;
+        self.directory_answer(username, &answer)
+    }
+
+    /// `POST /v1/accounts/{username}/recovery-lookup`: the directory entry, for the
+    /// holder of the account's root (`signature` over
+    /// [`sotto_proto::recovery_lookup_message`] at `at`).
+    pub async fn recovery_lookup(
+        &self,
+        username: &Username,
+        at: u64,
+        signature: [u8; 64],
+    ) -> Result<AccountInfo, ClientError> {
+        let body = sotto_api::RecoveryLookupRequest {
+            at,
+            signature: sotto_api::B64(signature.to_vec()),
+        };
+        let answer: AccountResponse = self
+            .call(
+                paths::RECOVERY_LOOKUP,
+                &paths::recovery_lookup(username),
+                None,
+                Some(&body),
+            )
+            .await
+            .map_err(|e| match e.server_code() {
+                Some(ErrorCode::UnknownUser) => ClientError::UnknownUser(username.to_string()),
+                Some(ErrorCode::Forbidden) => ClientError::WrongRecoveryKey(username.to_string()),
+                _ => e,
+            })?;
+        self.directory_answer(username, &answer)
+    }
+
+    /// `POST /v1/accounts/{username}/recover`: answers the new device's token.
+    pub async fn recover(
+        &self,
+        username: &Username,
+        list: &DeviceList,
+    ) -> Result<String, ClientError> {
+        let body = sotto_api::RecoverRequest {
+            device_list: list.clone(),
+        };
+        let answer: RegisterResponse = self
+            .call(paths::RECOVER, &paths::recover(username), None, Some(&body))
+            .await?;
+        Ok(answer.token)
+    }
+
+    /// `POST /v1/devices/token`: a new token for this device; the old one is dead.
+    pub async fn rotate_token(&self, token: &str) -> Result<String, ClientError> {
+        let answer: sotto_api::TokenResponse = self
+            .call(
+                paths::ROTATE_TOKEN,
+                paths::ROTATE_TOKEN.template,
+                Some(token),
+                NO_BODY,
+            )
+            .await?;
+        Ok(answer.token)
+    }
+
+    /// Decodes a directory answer and checks that it agrees with itself.
+    fn directory_answer(
+        &self,
+        username: &Username,
+        answer: &AccountResponse,
+    ) -> Result<AccountInfo, ClientError> {
         let device_list =
             DeviceList::from_bytes(&answer.device_list.0).map_err(|e| ClientError::Network {
                 url: self.base.clone(),

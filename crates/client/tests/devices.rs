@@ -27,7 +27,7 @@ async fn a_linked_device_reads_and_sends_then_stops_when_removed() {
         let alice2 = alice2.clone();
         tokio::spawn(async move {
             alice2
-                .link_start(move |code| {
+                .link_start("laptop", move |code| {
                     let _ = code_tx.send(code.to_owned());
                 })
                 .await
@@ -58,7 +58,8 @@ async fn a_linked_device_reads_and_sends_then_stops_when_removed() {
     );
     let events = bob.client.sync().await.unwrap();
     assert!(
-        events.iter().any(|e| matches!(e, Event::Members { added, .. } if added.iter().any(|(u, d)| u.as_str() == "alice" && *d == new_id))),
+        events.iter().any(|e| matches!(e, Event::Members { added, linked, .. }
+            if added.is_empty() && linked.iter().any(|c| c.user.as_str() == "alice" && c.device == new_id && c.name == "laptop"))),
         "{events:?}"
     );
     // The new device does not read what came before it.

@@ -1,9 +1,13 @@
 //! A lying server: key substitution and ghost devices are refused and reported.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use sotto_client::{Client, ClientError, Event};
 use sotto_core::storage::{MemoryStorage, SottoProvider};
-use sotto_core::{ConversationConfig, IdentityKeyPair, LocalDevice, generate_key_packages};
+use sotto_core::{
+    AccountKey, ConversationConfig, IdentityKeyPair, LocalDevice, generate_key_packages,
+};
 use sotto_proto::{DeviceList, Username};
 use sotto_server_store::{Account, DeviceRecord};
 use sotto_testkit::TestServer;
@@ -12,6 +16,7 @@ use sotto_testkit::TestServer;
 /// devices that claim to be `username`'s.
 struct Impostor {
     identity: IdentityKeyPair,
+    account: AccountKey,
     device: LocalDevice,
     provider: SottoProvider<MemoryStorage>,
 }
@@ -22,15 +27,19 @@ impl Impostor {
         let identity =
             IdentityKeyPair::generate(sotto_core::openmls_traits::OpenMlsProvider::rand(&provider))
                 .unwrap();
-        let device = LocalDevice::create(
-            sotto_core::openmls_traits::OpenMlsProvider::rand(&provider),
+        let rand = sotto_core::openmls_traits::OpenMlsProvider::rand(&provider);
+        let account = AccountKey::generate(
+            rand,
             &identity,
             &Username::parse(username).unwrap(),
+            1,
             1_700_000_000,
         )
         .unwrap();
+        let device = LocalDevice::create(rand, &account, "impostor", 1_700_000_000).unwrap();
         Self {
             identity,
+            account,
             device,
             provider,
         }
@@ -48,20 +57,14 @@ impl Impostor {
         .remove(0)
     }
 
-    fn device_list(&self, username: &str) -> DeviceList {
-        self.identity.sign_device_list(
-            &Username::parse(username).unwrap(),
-            99,
-            vec![self.device.certificate().clone()],
-        )
+    fn device_list(&self) -> DeviceList {
+        self.account
+            .sign_device_list(99, vec![self.device.certificate().clone()])
     }
 }
 
 async fn user(server: &TestServer, who: &str) -> (Client, tempfile::TempDir) {
-    let home = tempfile::tempdir().unwrap();
-    let client = Client::open(home.path(), server.url()).unwrap();
-    client.register(&name(who)).await.unwrap();
-    (client, home)
+    common::register(server.url(), who).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +79,7 @@ async fn a_substituted_identity_key_for_a_pinned_contact_is_refused_and_reported
     // KeyPackage, all correctly signed by that other key.
     let mallory = Impostor::new("bob");
     let bob = Username::parse("bob").unwrap();
-    let list = mallory.device_list("bob");
+    let list = mallory.device_list();
     lying.lie_about_account(
         &bob,
         Account {
@@ -274,23 +277,7 @@ fn name(text: &str) -> sotto_client::Username {
 
 /// Links a second device to `client`'s account; answers the new client.
 async fn link(server: &TestServer, client: &Client) -> (Client, tempfile::TempDir) {
-    let home = tempfile::tempdir().unwrap();
-    let second = std::sync::Arc::new(Client::open(home.path(), server.url()).unwrap());
-    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
-    let starter = {
-        let second = second.clone();
-        tokio::spawn(async move {
-            second
-                .link_start(move |code| {
-                    let _ = code_tx.send(code.to_owned());
-                })
-                .await
-        })
-    };
-    let code: sotto_client::LinkCode = code_rx.await.unwrap().parse().unwrap();
-    client.link_approve(&code).await.unwrap();
-    starter.await.unwrap().unwrap();
-    (std::sync::Arc::into_inner(second).unwrap(), home)
+    common::link(server.url(), client, "laptop").await
 }
 
 /// Issue 12, first demonstration: bob removed his laptop from his account. A server
@@ -369,7 +356,7 @@ async fn a_member_check_refused_for_one_conversation_does_not_stop_the_sync() {
         Account {
             username: bob_name.clone(),
             identity_key: mallory.identity.public(),
-            device_list_bytes: mallory.device_list("bob").to_bytes(),
+            device_list_bytes: mallory.device_list().to_bytes(),
             list_version: 99,
             created_at: 1_700_000_000,
             last_seen_day: 0,

@@ -20,7 +20,10 @@ async fn https_and_wss_with_a_trusted_private_certificate() {
     // Without trusting the certificate: a clear network error, nothing registered.
     let home = tempfile::tempdir().unwrap();
     let untrusting = Client::open(home.path(), server.url()).unwrap();
-    let err = untrusting.register(&name("mallory")).await.unwrap_err();
+    let err = untrusting
+        .register(&name("mallory"), "phone")
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Network { .. }), "{err}");
 
     let homes = tempfile::tempdir().unwrap();
@@ -29,8 +32,8 @@ async fn https_and_wss_with_a_trusted_private_certificate() {
     };
     let alice = open("alice");
     let bob = Arc::new(open("bob"));
-    alice.register(&name("alice")).await.unwrap();
-    bob.register(&name("bob")).await.unwrap();
+    alice.register(&name("alice"), "phone").await.unwrap();
+    bob.register(&name("bob"), "phone").await.unwrap();
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -37,8 +37,8 @@ async fn sends_and_syncs_are_traced_without_their_content() {
     let homes = tempfile::tempdir().unwrap();
     let alice = Client::open(&homes.path().join("a"), server.url()).unwrap();
     let bob = Client::open(&homes.path().join("b"), server.url()).unwrap();
-    alice.register(&name("alice")).await.unwrap();
-    bob.register(&name("bob")).await.unwrap();
+    alice.register(&name("alice"), "phone").await.unwrap();
+    bob.register(&name("bob"), "phone").await.unwrap();
     let secret = "the-launch-code-is-0451";
     alice.send_text(name("bob"), secret).await.unwrap();
     bob.sync().await.unwrap();

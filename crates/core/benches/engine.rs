@@ -17,8 +17,8 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use sotto_core::content::Text;
 use sotto_core::storage::{JsonCodec, KvStorage, MemoryBackend, MemoryStorage, SottoProvider};
 use sotto_core::{
-    ClaimedKeyPackage, Content, Conversation, ConversationConfig, Envelope, IdentityKeyPair,
-    Incoming, LocalDevice, MemoryTrustStore, generate_key_packages,
+    AccountKey, ClaimedKeyPackage, Content, Conversation, ConversationConfig, Envelope,
+    IdentityKeyPair, Incoming, LocalDevice, MemoryTrustStore, generate_key_packages,
 };
 use sotto_proto::{ConversationId, DeviceList, MessageId, Username};
 
@@ -35,8 +35,9 @@ fn device<P: sotto_core::MlsProvider>(make: fn() -> P, user: &str) -> Dev<P> {
     let provider = make();
     let identity = IdentityKeyPair::generate(provider.rand()).unwrap();
     let username = Username::parse(user).unwrap();
-    let local = LocalDevice::create(provider.rand(), &identity, &username, 1_700_000_000).unwrap();
-    let list = identity.sign_device_list(&username, 1, vec![local.certificate().clone()]);
+    let account = AccountKey::generate(provider.rand(), &identity, &username, 1, 1).unwrap();
+    let local = LocalDevice::create(provider.rand(), &account, "phone", 1_700_000_000).unwrap();
+    let list = account.sign_device_list(1, vec![local.certificate().clone()]);
     Dev {
         provider,
         local,

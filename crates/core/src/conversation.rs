@@ -201,6 +201,19 @@ pub struct RosterEntry {
     pub device_id: DeviceId,
     /// Its MLS leaf index.
     pub leaf: u32,
+    /// The device's name, from its certificate (untrusted text: escape it when shown).
+    pub device_name: String,
+}
+
+impl RosterEntry {
+    fn of(cert: &sotto_proto::DeviceCertificate, leaf: u32) -> Self {
+        Self {
+            username: cert.username().clone(),
+            device_id: cert.device_id(),
+            leaf,
+            device_name: cert.name().to_owned(),
+        }
+    }
 }
 
 /// Who is in a conversation.
@@ -365,11 +378,7 @@ fn entry_of(
     let cert = certificate_of(credential).map_err(|_| {
         ConversationError::Corrupt(format!("leaf {} has no certificate", leaf.u32()))
     })?;
-    Ok(RosterEntry {
-        username: cert.username().clone(),
-        device_id: cert.device_id(),
-        leaf: leaf.u32(),
-    })
+    Ok(RosterEntry::of(&cert, leaf.u32()))
 }
 
 impl Conversation {
@@ -519,11 +528,9 @@ impl Conversation {
                         needed.push(cert.username().clone());
                     }
                 }
-                Some(list) if !trust::is_listed(&list, &cert) => unlisted.push(RosterEntry {
-                    username: cert.username().clone(),
-                    device_id: cert.device_id(),
-                    leaf: member.index.u32(),
-                }),
+                Some(list) if !trust::is_listed(&list, &cert) => {
+                    unlisted.push(RosterEntry::of(&cert, member.index.u32()));
+                }
                 Some(_) => {}
             }
         }
@@ -531,6 +538,30 @@ impl Conversation {
             return Err(ConversationError::DeviceListsNeeded(needed));
         }
         Ok(unlisted)
+    }
+
+    /// Devices that the newest device lists held in `trust` name for users of this
+    /// conversation but that are not members (a device linked, or an account
+    /// recovered, since): the client adds them. Users whose list is not held are
+    /// skipped (see [`Conversation::unlisted`], which asks for them).
+    pub fn missing(
+        &self,
+        trust: &dyn TrustStore,
+    ) -> Result<Vec<(Username, DeviceId)>, ConversationError> {
+        let roster = self.roster()?;
+        let mut missing = Vec::new();
+        for user in roster.users().keys() {
+            let Some(list) = trust.device_list(user)? else {
+                continue;
+            };
+            missing.extend(
+                list.devices()
+                    .iter()
+                    .filter(|c| !roster.contains(c.device_id()))
+                    .map(|c| (user.clone(), c.device_id())),
+            );
+        }
+        Ok(missing)
     }
 
     /// The member devices.
@@ -845,11 +876,7 @@ impl Conversation {
         for add in staged.add_proposals() {
             let leaf = add.add_proposal().key_package().leaf_node();
             let cert = certificate_of(leaf.credential()).map_err(|r| self.refused(r))?;
-            added.push(RosterEntry {
-                username: cert.username().clone(),
-                device_id: cert.device_id(),
-                leaf: u32::MAX,
-            });
+            added.push(RosterEntry::of(&cert, u32::MAX));
         }
         let mut removed = Vec::new();
         for remove in staged.remove_proposals() {

@@ -6,7 +6,7 @@
 //! state lives behind OpenMLS's `StorageProvider`, which the caller supplies (an
 //! in-memory one in tests, SQLite in the client).
 //!
-//! - [`identity`]: account identity keys, device keys and certificates.
+//! - [`identity`]: the root (recovery) key, the account key, device keys and certificates.
 //! - [`trust`]: pinned identity keys and the checks that refuse ghost devices.
 //! - [`conversation`]: conversations as MLS groups of devices.
 //! - [`key_package`]: KeyPackage batches for the directory.
@@ -30,11 +30,14 @@ pub use conversation::{
     MlsProvider, OutgoingCommit, ReceivedMessage, Roster, RosterChange, RosterEntry, SecurityEvent,
     UserKeyPackages,
 };
-pub use identity::{DeviceSigner, IdentityKeyPair, LocalDevice};
+pub use identity::{
+    AccountKey, DeviceSigner, IdentityKeyPair, LocalDevice, RecoveryKeyError, device_name,
+};
 pub use key_package::{KeyPackageBatch, generate_key_packages};
 pub use safety::SafetyNumber;
 pub use trust::{
-    MemoryTrustStore, Refusal, TrustError, TrustStore, TrustStoreError, accept_device_list,
+    Accepted, MemoryTrustStore, Refusal, TrustError, TrustStore, TrustStoreError,
+    accept_device_list,
 };
 
 /// Re-exported so callers name the same OpenMLS types this crate uses.

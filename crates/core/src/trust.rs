@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use openmls::prelude::{BasicCredential, Credential, CredentialType};
 use sotto_proto::{
-    CertError, DeviceCertificate, DeviceId, DeviceList, IdentityPublicKey, Username,
+    CertError, CertificateChain, DeviceCertificate, DeviceId, DeviceList, IdentityPublicKey,
+    Username,
 };
 
 /// A trust store could not be read or written (its database failed). The cause is
@@ -184,14 +185,19 @@ pub struct VerifiedDevice {
     pub identity_key: IdentityPublicKey,
 }
 
-/// Reads the device certificate out of an MLS credential without verifying it.
-pub(crate) fn certificate_of(credential: &Credential) -> Result<DeviceCertificate, Refusal> {
+/// Reads the certificate chain out of an MLS credential without verifying it.
+pub(crate) fn chain_of(credential: &Credential) -> Result<CertificateChain, Refusal> {
     if credential.credential_type() != CredentialType::Basic {
         return Err(Refusal::NotACertificate);
     }
     let basic =
         BasicCredential::try_from(credential.clone()).map_err(|_| Refusal::NotACertificate)?;
-    DeviceCertificate::from_bytes(basic.identity()).map_err(|_| Refusal::NotACertificate)
+    CertificateChain::from_bytes(basic.identity()).map_err(|_| Refusal::NotACertificate)
+}
+
+/// Reads the device certificate out of an MLS credential without verifying it.
+pub(crate) fn certificate_of(credential: &Credential) -> Result<DeviceCertificate, Refusal> {
+    chain_of(credential).map(|chain| chain.device)
 }
 
 /// Whether a leaf's device must be in its account's newest device list.
@@ -207,17 +213,19 @@ pub(crate) enum Listing {
     Reported,
 }
 
-/// The leaf check: certificate present, certifies `signature_key`, verifies, and is
-/// signed by the identity key pinned for its username, which comes from the user's
+/// The leaf check: a certificate chain is present, certifies `signature_key`,
+/// verifies, and ends in the root pinned for its username, which comes from the user's
 /// device list as fetched from the directory (never from what a member shows); with
-/// [`Listing::Required`], also the very certificate that list holds.
+/// [`Listing::Required`], also the very certificate that list holds (so signed by the
+/// current account key, not a revoked one).
 pub(crate) fn verify_leaf(
     credential: &Credential,
     signature_key: &[u8],
     trust: &dyn TrustStore,
     listing: Listing,
 ) -> Result<VerifiedDevice, TrustError> {
-    let cert = certificate_of(credential)?;
+    let chain = chain_of(credential)?;
+    let cert = &chain.device;
     if cert.device_key().as_slice() != signature_key {
         return Err(Refusal::UncertifiedKey {
             username: cert.username().clone(),
@@ -225,19 +233,19 @@ pub(crate) fn verify_leaf(
         }
         .into());
     }
-    cert.verify().map_err(Refusal::from)?;
+    chain.verify().map_err(Refusal::from)?;
     let Some(list) = trust.device_list(cert.username())? else {
         return Err(TrustError::NoDeviceList(cert.username().clone()));
     };
-    if list.identity_key() != cert.identity_key() {
+    if list.identity_key() != chain.identity_key() {
         return Err(Refusal::IdentityKeyChanged {
             username: cert.username().clone(),
             pinned: *list.identity_key(),
-            offered: *cert.identity_key(),
+            offered: *chain.identity_key(),
         }
         .into());
     }
-    if listing == Listing::Required && !is_listed(&list, &cert) {
+    if listing == Listing::Required && !is_listed(&list, cert) {
         return Err(Refusal::NotInDeviceList {
             username: cert.username().clone(),
             device: cert.device_id(),
@@ -247,7 +255,7 @@ pub(crate) fn verify_leaf(
     Ok(VerifiedDevice {
         username: cert.username().clone(),
         device_id: cert.device_id(),
-        identity_key: *cert.identity_key(),
+        identity_key: *chain.identity_key(),
     })
 }
 
@@ -256,11 +264,32 @@ pub(crate) fn is_listed(list: &DeviceList, cert: &DeviceCertificate) -> bool {
     list.device(cert.device_id()) == Some(cert)
 }
 
-/// Accepts a device list fetched from the directory: it must verify, be signed by the
-/// pinned identity key (pinning it on first use: the only place a pin is made), and not
-/// be older than, or conflict with, the newest list seen. On success the trust store
-/// keeps it as the user's current list.
-pub fn accept_device_list(trust: &mut dyn TrustStore, list: &DeviceList) -> Result<(), TrustError> {
+/// What accepting a device list changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// The first list of this user: their root key is pinned now.
+    FirstSeen,
+    /// The same list as held.
+    Unchanged,
+    /// A newer list under the same account key (a device linked or removed).
+    Updated,
+    /// A newer list under a new account key certified by the same root: the account
+    /// was recovered on a new device (informational: the identity did not change).
+    AccountKeyRotated {
+        /// The new account key's generation.
+        generation: u64,
+    },
+}
+
+/// Accepts a device list fetched from the directory: it must verify, be signed under
+/// the pinned root (pinning it on first use: the only place a pin is made), and not be
+/// older than, or conflict with, the newest list seen, nor be signed by an account
+/// key older than the newest seen (a revoked one). On success the trust store keeps it
+/// as the user's current list.
+pub fn accept_device_list(
+    trust: &mut dyn TrustStore,
+    list: &DeviceList,
+) -> Result<Accepted, TrustError> {
     list.verify().map_err(Refusal::from)?;
     let pinned = trust.pinned_identity(list.username())?;
     if let Some(pinned) = pinned
@@ -273,13 +302,24 @@ pub fn accept_device_list(trust: &mut dyn TrustStore, list: &DeviceList) -> Resu
         }
         .into());
     }
-    let seen = trust
-        .device_list(list.username())?
-        .map(|l| (l.version(), l.digest()));
-    list.check_not_rollback(seen).map_err(Refusal::from)?;
+    let seen = trust.device_list(list.username())?;
+    list.check_not_rollback(seen.as_ref())
+        .map_err(Refusal::from)?;
     if pinned.is_none() {
         trust.pin_identity(list.username(), *list.identity_key())?;
     }
-    trust.record_device_list(list)?;
-    Ok(())
+    let outcome = match &seen {
+        None => Accepted::FirstSeen,
+        Some(seen) if seen == list => Accepted::Unchanged,
+        Some(seen) if seen.account().generation() < list.account().generation() => {
+            Accepted::AccountKeyRotated {
+                generation: list.account().generation(),
+            }
+        }
+        Some(_) => Accepted::Updated,
+    };
+    if outcome != Accepted::Unchanged {
+        trust.record_device_list(list)?;
+    }
+    Ok(outcome)
 }

@@ -14,8 +14,8 @@ use openmls_traits::OpenMlsProvider;
 use proptest::prelude::*;
 use sotto_core::trust::Refusal;
 use sotto_core::{
-    ClaimedKeyPackage, ConversationError, DeviceSigner, IdentityKeyPair, Incoming, LocalDevice,
-    TrustStore, UserKeyPackages,
+    AccountKey, ClaimedKeyPackage, ConversationError, DeviceSigner, IdentityKeyPair, Incoming,
+    LocalDevice, TrustStore, UserKeyPackages,
 };
 use sotto_proto::{CertError, ConversationId, DeviceId};
 
@@ -111,7 +111,7 @@ fn a_real_certificate_on_another_key_is_refused() {
     let signer =
         DeviceSigner::generate(openmls_rust_crypto::OpenMlsRustCrypto::default().rand()).unwrap();
     let cwk = CredentialWithKey {
-        credential: BasicCredential::new(w.devs[&bob].local.certificate().to_bytes()).into(),
+        credential: BasicCredential::new(w.devs[&bob].local.chain().to_bytes()).into(),
         signature_key: signer.public_key().to_vec().into(),
     };
     ghost_commit_is_refused(forged_key_package(&w, cwk, &signer), |r| {
@@ -121,11 +121,12 @@ fn a_real_certificate_on_another_key_is_refused() {
 
 #[test]
 fn a_certificate_signed_by_another_account_is_refused() {
-    // Mallory certifies a device "of bob" with her own identity key.
+    // Mallory certifies a device "of bob" with her own root and account key.
     let w = World::new();
     let p = openmls_rust_crypto::OpenMlsRustCrypto::default();
     let mallory = IdentityKeyPair::generate(p.rand()).unwrap();
-    let ghost = LocalDevice::create(p.rand(), &mallory, &name("bob"), 1).unwrap();
+    let account = AccountKey::generate(p.rand(), &mallory, &name("bob"), 1, 1).unwrap();
+    let ghost = LocalDevice::create(p.rand(), &account, "ghost", 1).unwrap();
     let kp = forged_key_package(&w, ghost.credential_with_key(), ghost.signer());
     ghost_commit_is_refused(
         kp,
@@ -138,22 +139,22 @@ fn a_certificate_naming_the_right_key_but_signed_by_another_is_refused() {
     let (w, _, _, bob, _) = trio();
     let p = openmls_rust_crypto::OpenMlsRustCrypto::default();
     let mallory = IdentityKeyPair::generate(p.rand()).unwrap();
+    let mallory_account = AccountKey::generate(p.rand(), &mallory, &name("bob"), 1, 1).unwrap();
     let signer = DeviceSigner::generate(p.rand()).unwrap();
-    // Fields claim bob's identity key; the signature is mallory's.
-    let fields = sotto_proto::CertificateFields {
-        username: name("bob"),
-        device_id: DeviceId::from_bytes([7; 16]),
-        device_key: signer.public_key(),
-        identity_key: *w.devs[&bob].local.certificate().identity_key(),
-        created_at: 1,
-    };
+    // The chain shows bob's real account-key certificate, but the device certificate
+    // naming bob's account key is signed by mallory's.
+    let bob_chain = w.devs[&bob].local.chain().clone();
     let forged_by_mallory =
-        mallory.certify_device(&name("bob"), fields.device_id, fields.device_key, 1);
+        mallory_account.certify_device(DeviceId::from_bytes([7; 16]), signer.public_key(), "", 1);
     let mut bytes = forged_by_mallory.to_bytes();
-    // Swap in bob's identity key (offset: version 1 + len 2 + "bob" 3 + id 16 + key 32).
-    bytes[54..86].copy_from_slice(fields.identity_key.as_bytes());
+    // Swap in bob's account key (offset: version 1 + len 2 + "bob" 3 + id 16 + key 32).
+    bytes[54..86].copy_from_slice(bob_chain.account.account_key().as_bytes());
+    let chain = sotto_proto::CertificateChain {
+        account: bob_chain.account,
+        device: sotto_proto::DeviceCertificate::from_bytes(&bytes).unwrap(),
+    };
     let cwk = CredentialWithKey {
-        credential: BasicCredential::new(bytes).into(),
+        credential: BasicCredential::new(chain.to_bytes()).into(),
         signature_key: signer.public_key().to_vec().into(),
     };
     ghost_commit_is_refused(forged_key_package(&w, cwk, &signer), |r| {

@@ -261,12 +261,13 @@ fn key_package_batches_hold_one_time_and_last_resort_packages() {
             .validate(dev.provider.crypto(), ProtocolVersion::Mls10)
             .unwrap();
         assert_eq!(kp.last_resort(), i == 5, "package {i}");
-        let cert = sotto_proto::DeviceCertificate::from_bytes(
+        let cert = sotto_proto::CertificateChain::from_bytes(
             openmls::prelude::BasicCredential::try_from(kp.leaf_node().credential().clone())
                 .unwrap()
                 .identity(),
         )
-        .unwrap();
+        .unwrap()
+        .device;
         assert_eq!(cert.device_id(), d);
         assert_eq!(kp.leaf_node().signature_key().as_slice(), cert.device_key());
     }

@@ -1,5 +1,6 @@
 //! A Sotto conversation survives saving its state to bytes and loading it again, and
-//! state saved by an earlier version keeps loading (fixture in tests/data/conversation-v1).
+//! state saved by an earlier version keeps loading (fixture in tests/data/conversation-v2;
+//! v1 held certificates of the format before decision 0011, which no client accepts).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
@@ -8,10 +9,10 @@ use openmls_traits::OpenMlsProvider;
 use sotto_core::content::Text;
 use sotto_core::storage::{MemoryBackend, MemoryStorage, SottoProvider};
 use sotto_core::{
-    ClaimedKeyPackage, Content, Conversation, ConversationConfig, DeviceSigner, Envelope,
-    IdentityKeyPair, Incoming, LocalDevice, MemoryTrustStore, generate_key_packages,
+    AccountKey, ClaimedKeyPackage, Content, Conversation, ConversationConfig, DeviceSigner,
+    Envelope, IdentityKeyPair, Incoming, LocalDevice, MemoryTrustStore, generate_key_packages,
 };
-use sotto_proto::{ConversationId, DeviceCertificate, MessageId, Username};
+use sotto_proto::{CertificateChain, ConversationId, MessageId, Username};
 
 type Provider = SottoProvider<MemoryStorage>;
 
@@ -26,7 +27,8 @@ impl Device {
         let provider = Provider::new(MemoryStorage::default());
         let identity = IdentityKeyPair::generate(provider.rand()).unwrap();
         let name = Username::parse(user).unwrap();
-        let local = LocalDevice::create(provider.rand(), &identity, &name, 1_700_000_000).unwrap();
+        let account = AccountKey::generate(provider.rand(), &identity, &name, 1, 1).unwrap();
+        let local = LocalDevice::create(provider.rand(), &account, "phone", 1_700_000_000).unwrap();
         Self {
             provider,
             local,
@@ -39,7 +41,7 @@ impl Device {
         (
             self.provider.storage().backend().snapshot(),
             self.local.signer().to_secret_bytes().to_vec(),
-            self.local.certificate().to_bytes(),
+            self.local.chain().to_bytes(),
         )
     }
 
@@ -47,7 +49,7 @@ impl Device {
         let backend = MemoryBackend::from_snapshot(state).unwrap();
         let provider = Provider::new(MemoryStorage::new(backend));
         let signer = DeviceSigner::from_secret_bytes(secret.try_into().unwrap());
-        let local = LocalDevice::new(DeviceCertificate::from_bytes(cert).unwrap(), signer).unwrap();
+        let local = LocalDevice::new(CertificateChain::from_bytes(cert).unwrap(), signer).unwrap();
         Self {
             provider,
             local,
@@ -72,12 +74,9 @@ fn scenario() -> (Device, Device, Vec<u8>) {
     let config = ConversationConfig::default();
     let mut alice = Device::new("alice");
     let mut bob = Device::new("bob");
-    for cert in [
-        alice.local.certificate().clone(),
-        bob.local.certificate().clone(),
-    ] {
-        knows(&mut alice, &cert);
-        knows(&mut bob, &cert);
+    for chain in [alice.local.chain().clone(), bob.local.chain().clone()] {
+        knows(&mut alice, &chain);
+        knows(&mut bob, &chain);
     }
     let mut a = Conversation::create(&alice.provider, &alice.local, CONV, &config).unwrap();
     let kp = generate_key_packages(&bob.provider, &bob.local, &config, 1)
@@ -121,30 +120,27 @@ fn scenario() -> (Device, Device, Vec<u8>) {
 /// What each device's client holds of the other's account: its current device list.
 /// (The fixture keeps no identity secrets, so these lists are not signed: a trust
 /// store is the client's own, already checked record and is not verified again.)
-fn knows(device: &mut Device, cert: &DeviceCertificate) {
-    let cert = cert.clone();
+fn knows(device: &mut Device, chain: &CertificateChain) {
     let list = sotto_proto::DeviceList::from_parts(
         sotto_proto::DeviceListFields {
-            username: cert.username().clone(),
-            identity_key: *cert.identity_key(),
+            username: chain.device.username().clone(),
+            identity_key: *chain.identity_key(),
+            account: chain.account.clone(),
             version: 1,
-            devices: vec![cert.clone()],
+            devices: vec![chain.device.clone()],
         },
         [0; 64],
     );
-    sotto_core::TrustStore::pin_identity(&mut device.trust, cert.username(), *cert.identity_key())
-        .unwrap();
+    let user = chain.device.username();
+    sotto_core::TrustStore::pin_identity(&mut device.trust, user, *chain.identity_key()).unwrap();
     sotto_core::TrustStore::record_device_list(&mut device.trust, &list).unwrap();
 }
 
 /// After a restore: alice reads bob's pending message, and both keep talking.
 fn continue_after_restore(mut alice: Device, mut bob: Device, pending: &[u8]) {
-    for cert in [
-        alice.local.certificate().clone(),
-        bob.local.certificate().clone(),
-    ] {
-        knows(&mut alice, &cert);
-        knows(&mut bob, &cert);
+    for chain in [alice.local.chain().clone(), bob.local.chain().clone()] {
+        knows(&mut alice, &chain);
+        knows(&mut bob, &chain);
     }
     let mut a = Conversation::load(&alice.provider, CONV)
         .unwrap()
@@ -190,16 +186,16 @@ fn a_conversation_survives_a_save_and_reload() {
 }
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/conversation-v1")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/conversation-v2")
 }
 
 const FILES: [&str; 7] = [
     "alice.state",
     "alice.key",
-    "alice.cert",
+    "alice.chain",
     "bob.state",
     "bob.key",
-    "bob.cert",
+    "bob.chain",
     "pending.msg",
 ];
 

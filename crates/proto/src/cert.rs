@@ -1,10 +1,18 @@
-//! Device certificates and signed device lists.
+//! Account-key certificates, device certificates and signed device lists.
 //!
-//! An account's Ed25519 identity key certifies each of its devices' MLS signature keys
-//! and signs the list of current devices. Verification lives here, in `proto`, because
-//! both the client engine (to refuse ghost devices) and the server (to accept a new
-//! device list only when the account's key signed it) need it; signing needs the secret
-//! key and lives in `sotto-core`.
+//! The key hierarchy (decision 0011): an account's **identity key** is its root. Its
+//! secret is the recovery key the person keeps offline; contacts pin its public half
+//! and safety numbers are made from it. The root certifies one **account key** at a
+//! time (an [`AccountKeyCertificate`] with a generation that only goes up), which lives
+//! on the primary device only. The account key certifies each device's MLS signature
+//! key ([`DeviceCertificate`]) and signs the list of current devices ([`DeviceList`]),
+//! which carries the account-key certificate so that anyone holding the pinned root
+//! can verify the whole chain. A new generation revokes the older account keys: a list
+//! signed under an older generation than one already seen is refused.
+//!
+//! Verification lives here, in `proto`, because both the client engine (to refuse ghost
+//! devices) and the server (to accept a new device list only when the account's keys
+//! signed it) need it; signing needs the secret keys and lives in `sotto-core`.
 
 use std::fmt;
 
@@ -16,13 +24,32 @@ use crate::ids::{DeviceId, Username, to_hex};
 use crate::wire::{DecodeError, Reader, Writer};
 
 /// Domain separation for certificate signatures.
-const CERT_LABEL: &[u8] = b"sotto/device-certificate/v1";
+const CERT_LABEL: &[u8] = b"sotto/device-certificate/v2";
+/// Domain separation for account-key certificate signatures.
+const ACCOUNT_LABEL: &[u8] = b"sotto/account-key/v1";
+/// Domain separation for recovery look-up signatures.
+const RECOVERY_LOOKUP_LABEL: &[u8] = b"sotto/recovery-lookup/v1";
+
+/// The bytes an account's root signs to read its own directory entry before a
+/// recovery (the recovering device holds no token yet): the username and the time.
+pub fn recovery_lookup_message(username: &Username, at: u64) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.bytes16(RECOVERY_LOOKUP_LABEL)
+        .bytes16(username.as_str().as_bytes())
+        .u64(at);
+    w.finish()
+}
+
 /// Domain separation for device-list signatures.
-const LIST_LABEL: &[u8] = b"sotto/device-list/v1";
+const LIST_LABEL: &[u8] = b"sotto/device-list/v2";
 /// Encoding version of a certificate.
-const CERT_VERSION: u8 = 1;
+const CERT_VERSION: u8 = 2;
+/// Encoding version of an account-key certificate.
+const ACCOUNT_VERSION: u8 = 1;
 /// Encoding version of a device list.
-const LIST_VERSION: u8 = 1;
+const LIST_VERSION: u8 = 2;
+/// Longest device name, in bytes of UTF-8.
+pub const MAX_DEVICE_NAME: usize = 64;
 /// Most devices one account may have: bounds decoding and group growth.
 pub const MAX_DEVICES: usize = 32;
 
@@ -36,8 +63,8 @@ pub enum CertError {
     /// The identity public key is not a valid Ed25519 point.
     #[error("the identity key is not a valid Ed25519 public key")]
     InvalidIdentityKey,
-    /// The signature does not verify under the identity key.
-    #[error("the signature does not verify under {username}'s identity key")]
+    /// A signature does not verify under the key that should have made it.
+    #[error("a signature does not verify under {username}'s keys")]
     BadSignature {
         /// The account the structure claims to belong to.
         username: Username,
@@ -66,6 +93,20 @@ pub enum CertError {
         /// Highest version seen before.
         seen: u64,
         /// The version offered now.
+        offered: u64,
+    },
+    /// The list is signed under an account key older than one already seen: that key
+    /// was replaced (revoked) by a recovery.
+    #[error(
+        "{username}'s device list is signed by a revoked account key (generation {offered}, \
+         newest seen {seen})"
+    )]
+    RevokedAccountKey {
+        /// The account.
+        username: Username,
+        /// Newest account-key generation seen before.
+        seen: u64,
+        /// The generation offered now.
         offered: u64,
     },
     /// Two different lists were signed with the same version: the account key signed
@@ -108,15 +149,162 @@ impl fmt::Debug for IdentityPublicKey {
     }
 }
 
-/// The signed statement "device `device_id` of `username` signs MLS messages with
-/// `device_key`", issued by the account identity key `identity_key`.
+/// Reads a canonical (case-folded) username: two encodings of one statement must not
+/// both verify.
+fn read_username(r: &mut Reader<'_>) -> Result<Username, DecodeError> {
+    let name = r.bytes16("username")?;
+    std::str::from_utf8(name)
+        .ok()
+        .and_then(|s| Username::parse(s).ok())
+        .filter(|u| u.as_str().as_bytes() == name)
+        .ok_or(DecodeError::Invalid("username"))
+}
+
+fn signed_by(
+    key: &IdentityPublicKey,
+    message: &[u8],
+    signature: &[u8; 64],
+    username: &Username,
+) -> Result<(), CertError> {
+    if key.verify(message, signature)? {
+        Ok(())
+    } else {
+        Err(CertError::BadSignature {
+            username: username.clone(),
+        })
+    }
+}
+
+/// The root's statement "generation `generation` of `username`'s account key is
+/// `account_key`": the key that certifies devices and signs device lists until a
+/// higher generation replaces it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountKeyCertificate {
+    fields: AccountKeyFields,
+    signature: [u8; 64],
+}
+
+/// The fields of an account-key certificate before the root signs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountKeyFields {
+    /// The account.
+    pub username: Username,
+    /// The root (identity) key that signs.
+    pub identity_key: IdentityPublicKey,
+    /// The certified account key.
+    pub account_key: IdentityPublicKey,
+    /// 1 at registration, one more at each recovery; never goes down.
+    pub generation: u64,
+    /// Creation time, Unix seconds.
+    pub created_at: u64,
+}
+
+impl AccountKeyFields {
+    /// The exact bytes the root key signs.
+    pub fn to_be_signed(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.bytes16(ACCOUNT_LABEL);
+        self.encode_fields(&mut w);
+        w.finish()
+    }
+
+    fn encode_fields(&self, w: &mut Writer) {
+        w.bytes16(self.username.as_str().as_bytes())
+            .raw(self.identity_key.as_bytes())
+            .raw(self.account_key.as_bytes())
+            .u64(self.generation)
+            .u64(self.created_at);
+    }
+}
+
+impl AccountKeyCertificate {
+    /// Joins fields and the root's signature over [`AccountKeyFields::to_be_signed`].
+    pub fn from_parts(fields: AccountKeyFields, signature: [u8; 64]) -> Self {
+        Self { fields, signature }
+    }
+    /// The account.
+    pub fn username(&self) -> &Username {
+        &self.fields.username
+    }
+    /// The root key that signed.
+    pub fn identity_key(&self) -> &IdentityPublicKey {
+        &self.fields.identity_key
+    }
+    /// The certified account key.
+    pub fn account_key(&self) -> &IdentityPublicKey {
+        &self.fields.account_key
+    }
+    /// The generation: higher replaces lower.
+    pub fn generation(&self) -> u64 {
+        self.fields.generation
+    }
+    /// Creation time, Unix seconds.
+    pub fn created_at(&self) -> u64 {
+        self.fields.created_at
+    }
+
+    /// Checks the root's signature (whether the root is the right one for the user is
+    /// the caller's trust decision).
+    pub fn verify(&self) -> Result<(), CertError> {
+        signed_by(
+            &self.fields.identity_key,
+            &self.fields.to_be_signed(),
+            &self.signature,
+            &self.fields.username,
+        )
+    }
+
+    /// Canonical encoding: version, fields, signature.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(ACCOUNT_VERSION);
+        self.fields.encode_fields(&mut w);
+        w.raw(&self.signature);
+        w.finish()
+    }
+
+    /// Decodes (does not verify) an account-key certificate.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let cert = Self::read(&mut r)?;
+        r.finish()?;
+        Ok(cert)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let version = r.u8("account key certificate version")?;
+        if version != ACCOUNT_VERSION {
+            return Err(DecodeError::UnknownVersion {
+                what: "account key certificate",
+                version,
+            });
+        }
+        Ok(Self {
+            fields: AccountKeyFields {
+                username: read_username(r)?,
+                identity_key: IdentityPublicKey(r.array("identity key")?),
+                account_key: IdentityPublicKey(r.array("account key")?),
+                generation: r.u64("generation")?,
+                created_at: r.u64("created at")?,
+            },
+            signature: r.array("signature")?,
+        })
+    }
+}
+
+impl fmt::Debug for AccountKeyCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountKeyCertificate")
+            .field("fields", &self.fields)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The signed statement "device `device_id` of `username`, called `name`, signs MLS
+/// messages with `device_key`", issued by the account key `account_key`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DeviceCertificate {
-    username: Username,
-    device_id: DeviceId,
-    device_key: [u8; 32],
-    identity_key: IdentityPublicKey,
-    created_at: u64,
+    fields: CertificateFields,
     signature: [u8; 64],
 }
 
@@ -129,14 +317,17 @@ pub struct CertificateFields {
     pub device_id: DeviceId,
     /// The device's Ed25519 MLS signature public key.
     pub device_key: [u8; 32],
-    /// The account identity key that signs.
-    pub identity_key: IdentityPublicKey,
+    /// The account key that signs (certified by the root in the device list).
+    pub account_key: IdentityPublicKey,
+    /// The name the person gave the device ("laptop"), at most
+    /// [`MAX_DEVICE_NAME`] bytes; may be empty. Peer text: escape it when shown.
+    pub name: String,
     /// Creation time, Unix seconds.
     pub created_at: u64,
 }
 
 impl CertificateFields {
-    /// The exact bytes the identity key signs.
+    /// The exact bytes the account key signs.
     pub fn to_be_signed(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.bytes16(CERT_LABEL);
@@ -148,76 +339,61 @@ impl CertificateFields {
         w.bytes16(self.username.as_str().as_bytes())
             .raw(self.device_id.as_bytes())
             .raw(&self.device_key)
-            .raw(self.identity_key.as_bytes())
+            .raw(self.account_key.as_bytes())
+            .bytes16(self.name.as_bytes())
             .u64(self.created_at);
     }
 }
 
 impl DeviceCertificate {
-    /// Joins fields and the identity key's signature over [`CertificateFields::to_be_signed`].
-    /// Nothing is checked here; [`DeviceCertificate::verify`] does that.
+    /// Joins fields and the account key's signature over
+    /// [`CertificateFields::to_be_signed`]. Nothing is checked here;
+    /// [`DeviceCertificate::verify`] does that.
     pub fn from_parts(fields: CertificateFields, signature: [u8; 64]) -> Self {
-        Self {
-            username: fields.username,
-            device_id: fields.device_id,
-            device_key: fields.device_key,
-            identity_key: fields.identity_key,
-            created_at: fields.created_at,
-            signature,
-        }
+        Self { fields, signature }
     }
 
     /// The certified account.
     pub fn username(&self) -> &Username {
-        &self.username
+        &self.fields.username
     }
     /// The certified device.
     pub fn device_id(&self) -> DeviceId {
-        self.device_id
+        self.fields.device_id
     }
     /// The device's MLS signature public key.
     pub fn device_key(&self) -> &[u8; 32] {
-        &self.device_key
+        &self.fields.device_key
     }
-    /// The identity key that signed (still to be compared with the pinned one).
-    pub fn identity_key(&self) -> &IdentityPublicKey {
-        &self.identity_key
+    /// The account key that signed (the device list says whether it is current).
+    pub fn account_key(&self) -> &IdentityPublicKey {
+        &self.fields.account_key
+    }
+    /// The device's name, as its owner gave it (untrusted text).
+    pub fn name(&self) -> &str {
+        &self.fields.name
     }
     /// Creation time, Unix seconds.
     pub fn created_at(&self) -> u64 {
-        self.created_at
+        self.fields.created_at
     }
 
-    fn fields(&self) -> CertificateFields {
-        CertificateFields {
-            username: self.username.clone(),
-            device_id: self.device_id,
-            device_key: self.device_key,
-            identity_key: self.identity_key,
-            created_at: self.created_at,
-        }
-    }
-
-    /// Checks the signature under the identity key the certificate names. Whether that
-    /// key is the right one for the username is the caller's trust decision.
+    /// Checks the signature under the account key the certificate names. Whether that
+    /// key is the account's current one is for the device list to say.
     pub fn verify(&self) -> Result<(), CertError> {
-        if self
-            .identity_key
-            .verify(&self.fields().to_be_signed(), &self.signature)?
-        {
-            Ok(())
-        } else {
-            Err(CertError::BadSignature {
-                username: self.username.clone(),
-            })
-        }
+        signed_by(
+            &self.fields.account_key,
+            &self.fields.to_be_signed(),
+            &self.signature,
+            &self.fields.username,
+        )
     }
 
     /// Canonical encoding: version, fields, signature.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u8(CERT_VERSION);
-        self.fields().encode_fields(&mut w);
+        self.fields.encode_fields(&mut w);
         w.raw(&self.signature);
         w.finish()
     }
@@ -238,22 +414,26 @@ impl DeviceCertificate {
                 version,
             });
         }
-        let name = r.bytes16("username")?;
-        let username = std::str::from_utf8(name)
-            .ok()
-            .and_then(|s| Username::parse(s).ok())
-            .ok_or(DecodeError::Invalid("username"))?;
-        // A certificate must carry the canonical (case-folded) form, or two encodings
-        // would exist for one statement.
-        if username.as_str().as_bytes() != name {
-            return Err(DecodeError::Invalid("username"));
+        let username = read_username(r)?;
+        let device_id = DeviceId::from_bytes(r.array("device id")?);
+        let device_key = r.array("device key")?;
+        let account_key = IdentityPublicKey(r.array("account key")?);
+        let name = r.bytes16("device name")?;
+        if name.len() > MAX_DEVICE_NAME {
+            return Err(DecodeError::Invalid("device name length"));
         }
+        let name = std::str::from_utf8(name)
+            .map_err(|_| DecodeError::Invalid("device name"))?
+            .to_owned();
         Ok(Self {
-            username,
-            device_id: DeviceId::from_bytes(r.array("device id")?),
-            device_key: r.array("device key")?,
-            identity_key: IdentityPublicKey(r.array("identity key")?),
-            created_at: r.u64("created at")?,
+            fields: CertificateFields {
+                username,
+                device_id,
+                device_key,
+                account_key,
+                name,
+                created_at: r.u64("created at")?,
+            },
             signature: r.array("signature")?,
         })
     }
@@ -261,13 +441,76 @@ impl DeviceCertificate {
 
 impl fmt::Debug for DeviceCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.fields;
         f.debug_struct("DeviceCertificate")
-            .field("username", &self.username)
-            .field("device_id", &self.device_id)
-            .field("device_key", &to_hex(&self.device_key))
-            .field("identity_key", &self.identity_key)
-            .field("created_at", &self.created_at)
+            .field("username", &c.username)
+            .field("device_id", &c.device_id)
+            .field("device_key", &to_hex(&c.device_key))
+            .field("account_key", &c.account_key)
+            .field("name", &c.name)
+            .field("created_at", &c.created_at)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a device shows in its MLS leaf (decision 0001): its certificate and the root's
+/// certificate of the account key that signed it, so that the whole chain up to the
+/// pinned root verifies from the leaf alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateChain {
+    /// The root's certificate of the account key.
+    pub account: AccountKeyCertificate,
+    /// The account key's certificate of the device.
+    pub device: DeviceCertificate,
+}
+
+/// Encoding version of a certificate chain.
+const CHAIN_VERSION: u8 = 1;
+
+impl CertificateChain {
+    /// Checks both signatures and that they belong together; whether the root is the
+    /// one pinned for the user is the caller's trust decision.
+    pub fn verify(&self) -> Result<(), CertError> {
+        if self.account.username() != self.device.username()
+            || self.account.account_key() != self.device.account_key()
+        {
+            return Err(CertError::ForeignCertificate {
+                username: self.account.username().clone(),
+                device: self.device.device_id(),
+            });
+        }
+        self.account.verify()?;
+        self.device.verify()
+    }
+
+    /// The account's root key the chain ends in.
+    pub fn identity_key(&self) -> &IdentityPublicKey {
+        self.account.identity_key()
+    }
+
+    /// Canonical encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(CHAIN_VERSION)
+            .bytes16(&self.account.to_bytes())
+            .bytes16(&self.device.to_bytes());
+        w.finish()
+    }
+
+    /// Decodes (does not verify) a chain.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8("certificate chain version")?;
+        if version != CHAIN_VERSION {
+            return Err(DecodeError::UnknownVersion {
+                what: "certificate chain",
+                version,
+            });
+        }
+        let account = AccountKeyCertificate::from_bytes(r.bytes16("account key certificate")?)?;
+        let device = DeviceCertificate::from_bytes(r.bytes16("device certificate")?)?;
+        r.finish()?;
+        Ok(Self { account, device })
     }
 }
 
@@ -276,8 +519,10 @@ impl fmt::Debug for DeviceCertificate {
 pub struct DeviceListFields {
     /// The account.
     pub username: Username,
-    /// The account identity key that signs.
+    /// The account's root (identity) key: what contacts pin.
     pub identity_key: IdentityPublicKey,
+    /// The root's certificate of the account key that signs this list.
+    pub account: AccountKeyCertificate,
     /// Only ever goes up; clients refuse a lower one than they saw.
     pub version: u64,
     /// Every current device.
@@ -285,7 +530,7 @@ pub struct DeviceListFields {
 }
 
 impl DeviceListFields {
-    /// The exact bytes the identity key signs.
+    /// The exact bytes the account key signs.
     pub fn to_be_signed(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.bytes16(LIST_LABEL);
@@ -296,6 +541,7 @@ impl DeviceListFields {
     fn encode_fields(&self, w: &mut Writer) {
         w.bytes16(self.username.as_str().as_bytes())
             .raw(self.identity_key.as_bytes())
+            .bytes16(&self.account.to_bytes())
             .u64(self.version)
             .u16(u16::try_from(self.devices.len()).unwrap_or(u16::MAX));
         for cert in &self.devices {
@@ -312,7 +558,7 @@ pub struct DeviceList {
 }
 
 impl DeviceList {
-    /// Joins fields and the identity key's signature over [`DeviceListFields::to_be_signed`].
+    /// Joins fields and the account key's signature over [`DeviceListFields::to_be_signed`].
     pub fn from_parts(fields: DeviceListFields, signature: [u8; 64]) -> Self {
         Self { fields, signature }
     }
@@ -320,9 +566,13 @@ impl DeviceList {
     pub fn username(&self) -> &Username {
         &self.fields.username
     }
-    /// The signing identity key.
+    /// The account's root (identity) key.
     pub fn identity_key(&self) -> &IdentityPublicKey {
         &self.fields.identity_key
+    }
+    /// The certificate of the account key that signed the list.
+    pub fn account(&self) -> &AccountKeyCertificate {
+        &self.fields.account
     }
     /// The version counter.
     pub fn version(&self) -> u64 {
@@ -334,52 +584,82 @@ impl DeviceList {
     }
     /// The certificate of one device, if it is in the list.
     pub fn device(&self, id: DeviceId) -> Option<&DeviceCertificate> {
-        self.fields.devices.iter().find(|c| c.device_id == id)
+        self.fields.devices.iter().find(|c| c.device_id() == id)
     }
 
-    /// Checks the list's signature, and that every certificate is valid, belongs to
-    /// this account and identity key, and appears once.
+    /// Checks the whole chain: the account-key certificate is this account's and
+    /// signed by the root the list names; the list is signed by that account key; every
+    /// device certificate is valid, this account's, signed by that same account key,
+    /// and appears once.
     pub fn verify(&self) -> Result<(), CertError> {
         let f = &self.fields;
         if f.devices.len() > MAX_DEVICES {
             return Err(CertError::TooManyDevices);
         }
-        if !f.identity_key.verify(&f.to_be_signed(), &self.signature)? {
+        if f.account.username() != &f.username || f.account.identity_key() != &f.identity_key {
             return Err(CertError::BadSignature {
                 username: f.username.clone(),
             });
         }
+        f.account.verify()?;
+        signed_by(
+            f.account.account_key(),
+            &f.to_be_signed(),
+            &self.signature,
+            &f.username,
+        )?;
         for (i, cert) in f.devices.iter().enumerate() {
-            if cert.username != f.username || cert.identity_key != f.identity_key {
+            if cert.username() != &f.username || cert.account_key() != f.account.account_key() {
                 return Err(CertError::ForeignCertificate {
                     username: f.username.clone(),
-                    device: cert.device_id,
+                    device: cert.device_id(),
                 });
             }
             cert.verify()?;
-            if f.devices[..i].iter().any(|c| c.device_id == cert.device_id) {
-                return Err(CertError::DuplicateDevice(cert.device_id));
+            if f.devices[..i]
+                .iter()
+                .any(|c| c.device_id() == cert.device_id())
+            {
+                return Err(CertError::DuplicateDevice(cert.device_id()));
             }
         }
         Ok(())
     }
 
-    /// Refuses a list older than, or conflicting with, the newest one seen
-    /// (`seen` = that list's version and [`DeviceList::digest`]).
-    pub fn check_not_rollback(&self, seen: Option<(u64, [u8; 32])>) -> Result<(), CertError> {
-        let Some((seen_version, seen_digest)) = seen else {
+    /// Refuses a list older than, or conflicting with, the newest one seen, or signed
+    /// under an account key older than the one that signed it (a revoked key).
+    pub fn check_not_rollback(&self, seen: Option<&DeviceList>) -> Result<(), CertError> {
+        let Some(seen) = seen else {
             return Ok(());
         };
         let username = self.fields.username.clone();
+        // A different root is a different identity: the caller's pin decides, and a
+        // new identity starts a new history.
+        if seen.identity_key() != self.identity_key() {
+            return Ok(());
+        }
+        let (seen_generation, offered_generation) =
+            (seen.account().generation(), self.account().generation());
+        if offered_generation < seen_generation {
+            return Err(CertError::RevokedAccountKey {
+                username,
+                seen: seen_generation,
+                offered: offered_generation,
+            });
+        }
         let offered = self.fields.version;
-        if offered < seen_version {
+        if offered < seen.version() {
             return Err(CertError::Rollback {
                 username,
-                seen: seen_version,
+                seen: seen.version(),
                 offered,
             });
         }
-        if offered == seen_version && self.digest() != seen_digest {
+        let same_generation_other_key = offered_generation == seen_generation
+            && self.account().account_key() != seen.account().account_key();
+        if (offered == seen.version() && self.digest() != seen.digest())
+            || same_generation_other_key
+        {
             return Err(CertError::Equivocation {
                 username,
                 version: offered,
@@ -412,13 +692,11 @@ impl DeviceList {
                 version,
             });
         }
-        let name = r.bytes16("username")?;
-        let username = std::str::from_utf8(name)
-            .ok()
-            .and_then(|s| Username::parse(s).ok())
-            .filter(|u| u.as_str().as_bytes() == name)
-            .ok_or(DecodeError::Invalid("username"))?;
+        let username = read_username(&mut r)?;
         let identity_key = IdentityPublicKey(r.array("identity key")?);
+        let mut inner = Reader::new(r.bytes16("account key certificate")?);
+        let account = AccountKeyCertificate::read(&mut inner)?;
+        inner.finish()?;
         let list_version = r.u64("list version")?;
         let count = usize::from(r.u16("device count")?);
         if count > MAX_DEVICES {
@@ -436,6 +714,7 @@ impl DeviceList {
             fields: DeviceListFields {
                 username,
                 identity_key,
+                account,
                 version: list_version,
                 devices,
             },
@@ -464,6 +743,7 @@ macro_rules! serde_as_base64 {
 
 serde_as_base64!(DeviceCertificate);
 serde_as_base64!(DeviceList);
+serde_as_base64!(AccountKeyCertificate);
 
 impl IdentityPublicKey {
     fn to_bytes(self) -> Vec<u8> {

@@ -12,8 +12,9 @@ pub mod ids;
 mod wire;
 
 pub use cert::{
-    CertError, CertificateFields, DeviceCertificate, DeviceList, DeviceListFields,
-    IdentityPublicKey,
+    AccountKeyCertificate, AccountKeyFields, CertError, CertificateChain, CertificateFields,
+    DeviceCertificate, DeviceList, DeviceListFields, IdentityPublicKey, MAX_DEVICE_NAME,
+    recovery_lookup_message,
 };
 pub use ids::{BlobId, ConversationId, DeviceId, GroupId, IdError, MessageId, Username};
 pub use wire::DecodeError;

@@ -308,6 +308,43 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn notify_directory(
+        &self,
+        username: &Username,
+        except: &[DeviceId],
+        now: u64,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+        let args = Arc::new((username.clone(), except.to_vec()));
+        self.write(move |c| {
+            let args = Arc::clone(&args);
+            Box::pin(async move {
+                let (name, except) = &*args;
+                ops::notify_directory(c, name, except, now).await
+            })
+        })
+        .await
+    }
+
+    async fn release_account(
+        &self,
+        username: &Username,
+        now: u64,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+        let name = username.clone();
+        self.write(move |c| {
+            let name = name.clone();
+            Box::pin(async move { ops::release_account(c, &name, now).await })
+        })
+        .await
+    }
+
+    async fn rotate_token(&self, device: DeviceId, token_hash: [u8; 32]) -> Result<(), StoreError> {
+        self.write(move |c| {
+            Box::pin(async move { ops::rotate_token(c, device, &token_hash).await })
+        })
+        .await
+    }
+
     async fn upload_key_packages(
         &self,
         device: DeviceId,

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 
 use sotto_proto::{ConversationId, DeviceId, IdentityPublicKey, Username};
 use sotto_server_store::{
-    Accepted, Account, CommitSubmission, DeviceRecord, DeviceStatus, EntryKind, ExpiredCounts,
-    Group, MESSAGE_EPOCH_WINDOW, MailboxEntry, MessageSubmission, NewAccount, NewDevice, SlotId,
-    StoreError, StoreStats, day_of,
+    Accepted, Account, CommitSubmission, DIRECTORY_GROUP, DeviceRecord, DeviceStatus, EntryKind,
+    ExpiredCounts, Group, MESSAGE_EPOCH_WINDOW, MailboxEntry, MessageSubmission, NewAccount,
+    NewDevice, SlotId, StoreError, StoreStats, day_of,
 };
 use sqlx::{PgConnection, Row};
 
@@ -436,6 +436,98 @@ pub(crate) async fn remove_device(
         .execute(&mut *c)
         .await?;
     delete_groups_if_empty(c, groups).await
+}
+
+pub(crate) async fn notify_directory(
+    c: &mut PgConnection,
+    name: &Username,
+    except: &[DeviceId],
+    now: u64,
+) -> Op<Vec<(DeviceId, u64)>> {
+    let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT device_id FROM devices WHERE username = $1
+         UNION
+         SELECT peer.device_id FROM devices own
+         JOIN members mine ON mine.device_id = own.device_id
+         JOIN members peer ON peer.group_id = mine.group_id
+         WHERE own.username = $1
+         ORDER BY 1",
+    )
+    .bind(name.as_str())
+    .fetch_all(&mut *c)
+    .await?;
+    let mut recipients = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = device_id(&row)?;
+        if !except.contains(&id) {
+            recipients.push(id);
+        }
+    }
+    fan_out(
+        c,
+        &recipients,
+        EntryKind::Directory,
+        DIRECTORY_GROUP,
+        name.as_str().as_bytes(),
+        now,
+    )
+    .await
+}
+
+pub(crate) async fn release_account(
+    c: &mut PgConnection,
+    name: &Username,
+    now: u64,
+) -> Op<Vec<(DeviceId, u64)>> {
+    let exists: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM accounts WHERE username = $1 FOR UPDATE")
+            .bind(name.as_str())
+            .fetch_optional(&mut *c)
+            .await?;
+    if exists.is_none() {
+        return refuse(StoreError::UnknownUser);
+    }
+    let rows: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT device_id FROM devices WHERE username = $1")
+            .bind(name.as_str())
+            .fetch_all(&mut *c)
+            .await?;
+    let devices = rows
+        .iter()
+        .map(|id| device_id(id))
+        .collect::<Op<Vec<DeviceId>>>()?;
+    let notified = notify_directory(&mut *c, name, &devices, now).await?;
+    for device in devices {
+        remove_device(&mut *c, name, device).await?;
+    }
+    sqlx::query("DELETE FROM accounts WHERE username = $1")
+        .bind(name.as_str())
+        .execute(&mut *c)
+        .await?;
+    Ok(notified)
+}
+
+pub(crate) async fn rotate_token(
+    c: &mut PgConnection,
+    device: DeviceId,
+    token_hash: &[u8; 32],
+) -> Op<()> {
+    let taken: Option<i32> = sqlx::query_scalar("SELECT 1 FROM devices WHERE token_hash = $1")
+        .bind(&token_hash[..])
+        .fetch_optional(&mut *c)
+        .await?;
+    if taken.is_some() {
+        return refuse(StoreError::DeviceExists);
+    }
+    let done = sqlx::query("UPDATE devices SET token_hash = $2 WHERE device_id = $1")
+        .bind(&device.as_bytes()[..])
+        .bind(&token_hash[..])
+        .execute(&mut *c)
+        .await?;
+    if done.rows_affected() == 0 {
+        return refuse(StoreError::UnknownDevice);
+    }
+    Ok(())
 }
 
 async fn delete_groups_if_empty(c: &mut PgConnection, groups: Vec<Vec<u8>>) -> Op<()> {

@@ -267,6 +267,32 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn notify_directory(
+        &self,
+        username: &Username,
+        except: &[DeviceId],
+        now: u64,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+        let (username, except) = (username.clone(), except.to_vec());
+        self.write(move |c| ops::notify_directory(c, &username, &except, now))
+            .await
+    }
+
+    async fn release_account(
+        &self,
+        username: &Username,
+        now: u64,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+        let username = username.clone();
+        self.write(move |c| ops::release_account(c, &username, now))
+            .await
+    }
+
+    async fn rotate_token(&self, device: DeviceId, token_hash: [u8; 32]) -> Result<(), StoreError> {
+        self.write(move |c| ops::rotate_token(c, device, &token_hash))
+            .await
+    }
+
     async fn upload_key_packages(
         &self,
         device: DeviceId,

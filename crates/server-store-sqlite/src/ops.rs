@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use rusqlite::{Connection, OptionalExtension, params};
 use sotto_proto::{ConversationId, DeviceId, IdentityPublicKey, Username};
 use sotto_server_store::{
-    Accepted, Account, CommitSubmission, DeviceRecord, DeviceStatus, EntryKind, ExpiredCounts,
-    Group, MESSAGE_EPOCH_WINDOW, MailboxEntry, MessageSubmission, NewAccount, NewDevice, SlotId,
-    StoreError, StoreStats, day_of,
+    Accepted, Account, CommitSubmission, DIRECTORY_GROUP, DeviceRecord, DeviceStatus, EntryKind,
+    ExpiredCounts, Group, MESSAGE_EPOCH_WINDOW, MailboxEntry, MessageSubmission, NewAccount,
+    NewDevice, SlotId, StoreError, StoreStats, day_of,
 };
 
 use crate::OrBackend;
@@ -381,6 +381,98 @@ pub(crate) fn remove_device(
     }
     c.execute("DELETE FROM devices WHERE device_id = ?1", [id])
         .or_backend()?;
+    Ok(())
+}
+
+pub(crate) fn notify_directory(
+    c: &Connection,
+    name: &Username,
+    except: &[DeviceId],
+    now: u64,
+) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT device_id FROM devices WHERE username = ?1
+             UNION
+             SELECT peer.device_id FROM devices own
+             JOIN members mine ON mine.device_id = own.device_id
+             JOIN members peer ON peer.group_id = mine.group_id
+             WHERE own.username = ?1",
+        )
+        .or_backend()?;
+    let rows = stmt
+        .query_map([name.as_str()], |row| row.get::<_, Vec<u8>>(0))
+        .or_backend()?;
+    let mut recipients = Vec::new();
+    for blob in rows {
+        let id = device_id(&blob.or_backend()?)?;
+        if !except.contains(&id) {
+            recipients.push(id);
+        }
+    }
+    fan_out(
+        c,
+        &recipients,
+        EntryKind::Directory,
+        DIRECTORY_GROUP,
+        name.as_str().as_bytes(),
+        now,
+    )
+}
+
+pub(crate) fn release_account(
+    c: &Connection,
+    name: &Username,
+    now: u64,
+) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+    let devices: Vec<DeviceId> = {
+        let mut stmt = c
+            .prepare_cached("SELECT device_id FROM devices WHERE username = ?1")
+            .or_backend()?;
+        let rows = stmt
+            .query_map([name.as_str()], |row| row.get::<_, Vec<u8>>(0))
+            .or_backend()?;
+        rows.map(|blob| device_id(&blob.or_backend()?))
+            .collect::<Result<_, _>>()?
+    };
+    let exists = c
+        .prepare_cached("SELECT 1 FROM accounts WHERE username = ?1")
+        .or_backend()?
+        .exists([name.as_str()])
+        .or_backend()?;
+    if !exists {
+        return Err(StoreError::UnknownUser);
+    }
+    let notified = notify_directory(c, name, &devices, now)?;
+    for device in devices {
+        remove_device(c, name, device)?;
+    }
+    c.execute("DELETE FROM accounts WHERE username = ?1", [name.as_str()])
+        .or_backend()?;
+    Ok(notified)
+}
+
+pub(crate) fn rotate_token(
+    c: &Connection,
+    device: DeviceId,
+    token_hash: &[u8; 32],
+) -> Result<(), StoreError> {
+    let taken = c
+        .prepare_cached("SELECT 1 FROM devices WHERE token_hash = ?1")
+        .or_backend()?
+        .exists([&token_hash[..]])
+        .or_backend()?;
+    if taken {
+        return Err(StoreError::DeviceExists);
+    }
+    let n = c
+        .prepare_cached("UPDATE devices SET token_hash = ?2 WHERE device_id = ?1")
+        .or_backend()?
+        .execute(params![&device.as_bytes()[..], &token_hash[..]])
+        .or_backend()?;
+    if n == 0 {
+        return Err(StoreError::UnknownDevice);
+    }
     Ok(())
 }
 

@@ -292,7 +292,13 @@ pub enum EntryKind {
     Welcome,
     /// An MLS application message.
     Message,
+    /// A directory notice: the account named in the body (UTF-8) published a new
+    /// device list or was released. The group is [`DIRECTORY_GROUP`].
+    Directory,
 }
+
+/// The group id of [`EntryKind::Directory`] entries, which belong to no group.
+pub const DIRECTORY_GROUP: ConversationId = ConversationId::from_bytes([0; 16]);
 
 impl EntryKind {
     /// A stable small integer for storage.
@@ -301,6 +307,7 @@ impl EntryKind {
             Self::Commit => 1,
             Self::Welcome => 2,
             Self::Message => 3,
+            Self::Directory => 4,
         }
     }
 
@@ -310,6 +317,7 @@ impl EntryKind {
             1 => Some(Self::Commit),
             2 => Some(Self::Welcome),
             3 => Some(Self::Message),
+            4 => Some(Self::Directory),
             _ => None,
         }
     }
@@ -453,6 +461,31 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a device of the account with its token, KeyPackages, mailbox (releasing
     /// bodies nobody else needs) and group memberships. Groups left empty are deleted.
     async fn remove_device(&self, username: &Username, device: DeviceId) -> Result<(), StoreError>;
+
+    /// Tells every device that shares a group with one of `username`'s devices, and
+    /// `username`'s own devices, that the account's directory entry changed: one
+    /// [`EntryKind::Directory`] entry each, whose body is the username. Devices in
+    /// `except` are not told (the publisher, devices about to be removed). Answers the
+    /// entries made, for wake-ups.
+    async fn notify_directory(
+        &self,
+        username: &Username,
+        except: &[DeviceId],
+        now: u64,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError>;
+
+    /// Deletes the account and all its devices (as [`Store::remove_device`] does), so
+    /// that the username can be registered again (an operator's `release-username`),
+    /// after telling the devices that shared a group with it, in the same step.
+    /// Answers those notices, for wake-ups. `UnknownUser` if there is no such account.
+    async fn release_account(
+        &self,
+        username: &Username,
+        now: u64,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError>;
+
+    /// Replaces a device's token (by hash); the old one stops working at once.
+    async fn rotate_token(&self, device: DeviceId, token_hash: [u8; 32]) -> Result<(), StoreError>;
 
     // ----- KeyPackages -----
 

@@ -151,6 +151,56 @@ impl State {
         delivered
     }
 
+    fn remove_device(&mut self, username: &Username, device: DeviceId) -> Result<(), StoreError> {
+        match self.devices.get(&device) {
+            Some(row) if &row.username == username => {}
+            _ => return Err(StoreError::UnknownDevice),
+        }
+        let Some(row) = self.devices.remove(&device) else {
+            return Err(StoreError::UnknownDevice);
+        };
+        self.tokens.remove(&row.token_hash);
+        self.release(row.mailbox.values().map(|e| e.body));
+        if let Some(account) = self.accounts.get_mut(username) {
+            account.devices.remove(&device);
+        }
+        self.groups.retain(|_, g| {
+            g.members.remove(&device);
+            !g.members.is_empty()
+        });
+        Ok(())
+    }
+
+    fn notify_directory(
+        &mut self,
+        username: &Username,
+        except: &[DeviceId],
+        now: u64,
+    ) -> Vec<(DeviceId, u64)> {
+        let own: BTreeSet<DeviceId> = self
+            .accounts
+            .get(username)
+            .map(|a| a.devices.clone())
+            .unwrap_or_default();
+        let mut recipients = own.clone();
+        for group in self.groups.values() {
+            if !group.members.is_disjoint(&own) {
+                recipients.extend(group.members.iter().copied());
+            }
+        }
+        let recipients: Vec<DeviceId> = recipients
+            .into_iter()
+            .filter(|d| !except.contains(d))
+            .collect();
+        self.fan_out(
+            &recipients,
+            EntryKind::Directory,
+            crate::DIRECTORY_GROUP,
+            username.as_str().as_bytes().to_vec(),
+            now,
+        )
+    }
+
     /// Drops one reference to each body; returns how many bodies were freed.
     fn release(&mut self, bodies: impl IntoIterator<Item = u64>) -> u64 {
         let mut freed = 0;
@@ -277,23 +327,49 @@ impl Store for MemoryStore {
     }
 
     async fn remove_device(&self, username: &Username, device: DeviceId) -> Result<(), StoreError> {
+        self.lock()?.remove_device(username, device)
+    }
+
+    async fn notify_directory(
+        &self,
+        username: &Username,
+        except: &[DeviceId],
+        now: u64,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+        Ok(self.lock()?.notify_directory(username, except, now))
+    }
+
+    async fn release_account(
+        &self,
+        username: &Username,
+        now: u64,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError> {
         let mut s = self.lock()?;
-        match s.devices.get(&device) {
-            Some(row) if &row.username == username => {}
-            _ => return Err(StoreError::UnknownDevice),
+        let devices: Vec<DeviceId> = s
+            .accounts
+            .get(username)
+            .ok_or(StoreError::UnknownUser)?
+            .devices
+            .iter()
+            .copied()
+            .collect();
+        let notified = s.notify_directory(username, &devices, now);
+        for device in devices {
+            s.remove_device(username, device)?;
         }
-        let Some(row) = s.devices.remove(&device) else {
-            return Err(StoreError::UnknownDevice);
-        };
-        s.tokens.remove(&row.token_hash);
-        s.release(row.mailbox.values().map(|e| e.body));
-        if let Some(account) = s.accounts.get_mut(username) {
-            account.devices.remove(&device);
+        s.accounts.remove(username);
+        Ok(notified)
+    }
+
+    async fn rotate_token(&self, device: DeviceId, token_hash: [u8; 32]) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        if s.tokens.contains_key(&token_hash) {
+            return Err(StoreError::DeviceExists);
         }
-        s.groups.retain(|_, g| {
-            g.members.remove(&device);
-            !g.members.is_empty()
-        });
+        let row = s.device_mut(device)?;
+        let old = std::mem::replace(&mut row.token_hash, token_hash);
+        s.tokens.remove(&old);
+        s.tokens.insert(token_hash, device);
         Ok(())
     }
 

@@ -66,6 +66,9 @@ macro_rules! store_suite {
             expire_removes_old_entries_and_bodies,
             link_slot_single_use_and_expiry,
             removed_member_gets_nothing_afterwards,
+            directory_notices_reach_group_peers_and_own_devices,
+            a_released_account_is_gone_and_its_name_free,
+            a_rotated_token_replaces_the_old_one,
         );
     };
     (@tests $make:expr; $($name:ident,)*) => {
@@ -324,6 +327,97 @@ pub async fn removed_device_loses_token_and_mailbox<S: Store>(store: S) {
     store.remove_device(&user("user1"), dev(1)).await.unwrap();
     assert_eq!(store.group(gid(1)).await.unwrap(), None);
     assert_eq!(store.stats().await.unwrap().devices, 0);
+}
+
+/// A directory notice reaches every device sharing a group with the account and the
+/// account's own devices, once each, never a device in `except`, and names the account.
+pub async fn directory_notices_reach_group_peers_and_own_devices<S: Store>(store: S) {
+    register_all(&store, &[1, 2, 4, 5]).await;
+    store
+        .publish_device_list(&user("user1"), vec![0x22], 2, Some(new_device(3)), T0)
+        .await
+        .unwrap();
+    // user1's device 1 shares group 1 with 2 and group 2 with 2 and 4; 5 shares none.
+    for (group, members) in [(1, vec![2]), (2, vec![2, 4])] {
+        store
+            .create_group(gid(group), dev(1), members.into_iter().map(dev).collect())
+            .await
+            .unwrap();
+    }
+    let notified = store
+        .notify_directory(&user("user1"), &[dev(1)], T0)
+        .await
+        .unwrap();
+    let mut told: Vec<DeviceId> = notified.iter().map(|(d, _)| *d).collect();
+    told.sort();
+    assert_eq!(told, vec![dev(2), dev(3), dev(4)]);
+    for n in [2, 3, 4] {
+        let entries = store.fetch(dev(n), 0, 10).await.unwrap();
+        let last = entries.last().unwrap();
+        assert_eq!(last.kind, EntryKind::Directory);
+        assert_eq!(last.group, crate::DIRECTORY_GROUP);
+        assert_eq!(last.body, b"user1");
+    }
+    assert_eq!(depth(&store, 5).await, 0);
+    assert_eq!(depth(&store, 1).await, 0);
+    // One body for all of them, released with the last ack.
+    let before = bodies(&store).await;
+    for n in [2, 3, 4] {
+        store.ack(dev(n), u64::MAX).await.unwrap();
+    }
+    assert!(bodies(&store).await < before);
+}
+
+/// Releasing an account tells its group peers, deletes its devices (tokens, mailboxes,
+/// memberships) and the account, and frees the name for a new registration.
+pub async fn a_released_account_is_gone_and_its_name_free<S: Store>(store: S) {
+    register_all(&store, &[1, 2]).await;
+    store
+        .create_group(gid(1), dev(1), vec![dev(2)])
+        .await
+        .unwrap();
+    let notified = store.release_account(&user("user1"), T0).await.unwrap();
+    assert_eq!(
+        notified.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+        vec![dev(2)]
+    );
+    let entry = store.fetch(dev(2), 0, 10).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (entry.kind, entry.body),
+        (EntryKind::Directory, b"user1".to_vec())
+    );
+    assert_eq!(store.account(&user("user1")).await.unwrap(), None);
+    assert_eq!(store.device_by_token(&token(1), T0).await.unwrap(), None);
+    assert_eq!(
+        store.group(gid(1)).await.unwrap().unwrap().members,
+        vec![dev(2)]
+    );
+    assert_eq!(
+        store.release_account(&user("user1"), T0).await,
+        Err(StoreError::UnknownUser)
+    );
+    // The name is free again, with a new key and device.
+    register(&store, "user1", 7, T0 + 1).await.unwrap();
+}
+
+/// A rotated token works at once and the old one no longer does.
+pub async fn a_rotated_token_replaces_the_old_one<S: Store>(store: S) {
+    register_all(&store, &[1, 2]).await;
+    store.rotate_token(dev(1), [0x99; 32]).await.unwrap();
+    assert_eq!(store.device_by_token(&token(1), T0).await.unwrap(), None);
+    assert_eq!(
+        store.device_by_token(&[0x99; 32], T0).await.unwrap(),
+        Some((user("user1"), dev(1)))
+    );
+    // Another device's token cannot be taken over.
+    assert_eq!(
+        store.rotate_token(dev(1), token(2)).await,
+        Err(StoreError::DeviceExists)
+    );
+    assert_eq!(
+        store.rotate_token(dev(9), [0x98; 32]).await,
+        Err(StoreError::UnknownDevice)
+    );
 }
 
 /// One-time packages are handed out once, oldest first; the last resort is kept.

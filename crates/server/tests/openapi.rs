@@ -15,7 +15,18 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
     ("get", "/metrics", "/metrics"),
     ("post", "/v1/accounts", "/v1/accounts"),
     ("get", "/v1/accounts/{username}", "/v1/accounts/alice"),
+    (
+        "post",
+        "/v1/accounts/{username}/recovery-lookup",
+        "/v1/accounts/alice/recovery-lookup",
+    ),
+    (
+        "post",
+        "/v1/accounts/{username}/recover",
+        "/v1/accounts/alice/recover",
+    ),
     ("put", "/v1/devices", "/v1/devices"),
+    ("post", "/v1/devices/token", "/v1/devices/token"),
     ("post", "/v1/key-packages", "/v1/key-packages"),
     ("get", "/v1/key-packages", "/v1/key-packages"),
     ("post", "/v1/key-packages/claim", "/v1/key-packages/claim"),

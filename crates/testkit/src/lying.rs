@@ -103,6 +103,24 @@ impl Store for LyingStore {
     async fn remove_device(&self, username: &Username, device: DeviceId) -> Result<(), StoreError> {
         self.inner.remove_device(username, device).await
     }
+    async fn notify_directory(
+        &self,
+        username: &Username,
+        except: &[DeviceId],
+        now: u64,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+        self.inner.notify_directory(username, except, now).await
+    }
+    async fn release_account(
+        &self,
+        username: &Username,
+        now: u64,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+        self.inner.release_account(username, now).await
+    }
+    async fn rotate_token(&self, device: DeviceId, token_hash: [u8; 32]) -> Result<(), StoreError> {
+        self.inner.rotate_token(device, token_hash).await
+    }
     async fn upload_key_packages(
         &self,
         device: DeviceId,

@@ -152,9 +152,14 @@ pub struct TestAccount {
 pub fn register(addr: &str, username: &str, seed: u8) -> TestAccount {
     let identity = IdentityKeyPair::from_secret_bytes(&[seed; 32]);
     let name = Username::parse(username).unwrap();
+    let account = identity.certify_account_key(&name, identity.public(), 1, 1_700_000_000);
+    // A test shortcut: the root doubles as the account key (a real client makes a
+    // separate one); the chain still verifies.
+    let account_key = sotto_core::AccountKey::from_parts(&[seed; 32], account).unwrap();
     let device = DeviceId::from_bytes([seed; 16]);
-    let cert = identity.certify_device(&name, device, [seed.wrapping_add(1); 32], 1_700_000_000);
-    let list = identity.sign_device_list(&name, 1, vec![cert]);
+    let cert =
+        account_key.certify_device(device, [seed.wrapping_add(1); 32], "test", 1_700_000_000);
+    let list = account_key.sign_device_list(1, vec![cert]);
     let (status, body) = http(
         addr,
         "POST",

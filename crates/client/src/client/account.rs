@@ -1,50 +1,147 @@
-//! Registering this device's account, its KeyPackages, and safety numbers.
+//! Registering this device's account, recovering it, its KeyPackages and token, and
+//! safety numbers and trust decisions.
 
 use super::*;
+
+/// What registration or recovery gives the person.
+#[derive(Debug)]
+pub struct Registered {
+    /// Who this profile now is.
+    pub whoami: WhoAmI,
+    /// The recovery key: shown once, kept offline by the person, stored nowhere. It is
+    /// the only way to restore the account if this (primary) device is lost. `None`
+    /// after a recovery, whose key the person already has.
+    pub recovery_key: Option<zeroize::Zeroizing<String>>,
+}
+
+fn rng_failed() -> ClientError {
+    ClientError::Local("the system random generator failed".into())
+}
 
 impl Client {
     // ----- account -----
 
-    /// Creates the account and this device on the server, and uploads KeyPackages.
+    /// Creates the account with this device as its primary (named `device_name`),
+    /// uploads KeyPackages, and answers the recovery key to show the person once.
     #[tracing::instrument(name = "register", skip_all)]
-    pub async fn register(&self, username: &Username) -> Result<WhoAmI, ClientError> {
+    pub async fn register(
+        &self,
+        username: &Username,
+        device_name: &str,
+    ) -> Result<Registered, ClientError> {
         if let Some(a) = self.read(|tx| tx.account())? {
             return Err(ClientError::AlreadyRegistered(a.username.to_string()));
         }
         let now = self.now();
-        let (identity, device, list) = self.read(|tx| {
+        let (root, account_key, device) = self.read(|tx| {
             let provider = tx.provider();
-            let identity = IdentityKeyPair::generate(provider.rand())
-                .map_err(|_| ClientError::Local("the system random generator failed".into()))?;
-            let device = LocalDevice::create(provider.rand(), &identity, username, now)
-                .map_err(|_| ClientError::Local("the system random generator failed".into()))?;
-            let list = identity.sign_device_list(username, 1, vec![device.certificate().clone()]);
-            Ok((identity, device, list))
+            let root = IdentityKeyPair::generate(provider.rand()).map_err(|_| rng_failed())?;
+            let account_key = AccountKey::generate(provider.rand(), &root, username, 1, now)
+                .map_err(|_| rng_failed())?;
+            let device = LocalDevice::create(provider.rand(), &account_key, device_name, now)
+                .map_err(|_| rng_failed())?;
+            Ok((root, account_key, device))
         })?;
+        let list = account_key.sign_device_list(1, vec![device.certificate().clone()]);
         let token = self.transport.register(username, &list).await?;
+        self.start_account(username, device, account_key, token, &list)
+            .await?;
+        Ok(Registered {
+            whoami: self.whoami()?,
+            recovery_key: Some(root.recovery_text()),
+        })
+    }
+
+    /// Saves a new account's keys, pins its own list, uploads KeyPackages.
+    async fn start_account(
+        &self,
+        username: &Username,
+        device: LocalDevice,
+        account_key: AccountKey,
+        token: String,
+        list: &DeviceList,
+    ) -> Result<(), ClientError> {
         let account = Account {
             username: username.clone(),
             device,
-            identity,
+            account_key: Some(account_key),
             token,
             server: self.transport.base().to_owned(),
         };
         self.write(|tx| {
             tx.save_account(&account)?;
             // Our own identity is pinned like any contact's.
-            Ok(sotto_core::accept_device_list(&mut tx.trust(), &list)?)
+            sotto_core::accept_device_list(&mut tx.trust(), list)?;
+            Ok(())
         })?;
-        self.top_up_key_packages(true).await?;
-        self.whoami()
+        self.top_up_key_packages(true).await
+    }
+
+    /// On a new, empty profile: restores `username`'s account with its recovery key.
+    /// Certifies a new account key (one generation up) with the root, makes this the
+    /// primary device and the account's only one: every old device is revoked (its
+    /// token stops working, contacts' clients remove it from conversations and add
+    /// this device instead). Contacts keep their verification: the root is the same.
+    #[tracing::instrument(name = "recover", skip_all)]
+    pub async fn recover(
+        &self,
+        username: &Username,
+        recovery_key: &str,
+        device_name: &str,
+    ) -> Result<Registered, ClientError> {
+        if let Some(a) = self.read(|tx| tx.account())? {
+            return Err(ClientError::AlreadyRegistered(a.username.to_string()));
+        }
+        let root = IdentityKeyPair::from_recovery_text(recovery_key)
+            .map_err(|e| ClientError::InvalidRecoveryKey(e.to_string()))?;
+        let now = self.now();
+        let current = self
+            .transport
+            .recovery_lookup(username, now, root.sign_recovery_lookup(username, now))
+            .await?
+            .device_list;
+        current.verify().map_err(sotto_core::Refusal::from)?;
+        if current.identity_key() != &root.public() {
+            return Err(ClientError::WrongRecoveryKey(username.to_string()));
+        }
+        let generation = current.account().generation() + 1;
+        let (account_key, device) = self.read(|tx| {
+            let provider = tx.provider();
+            let account_key =
+                AccountKey::generate(provider.rand(), &root, username, generation, now)
+                    .map_err(|_| rng_failed())?;
+            let device = LocalDevice::create(provider.rand(), &account_key, device_name, now)
+                .map_err(|_| rng_failed())?;
+            Ok((account_key, device))
+        })?;
+        let list =
+            account_key.sign_device_list(current.version() + 1, vec![device.certificate().clone()]);
+        let token = self.transport.recover(username, &list).await?;
+        self.start_account(username, device, account_key, token, &list)
+            .await?;
+        Ok(Registered {
+            whoami: self.whoami()?,
+            recovery_key: None,
+        })
+    }
+
+    /// Replaces this device's bearer token: a copy of this profile taken before can no
+    /// longer talk to the server as this device.
+    pub async fn rotate_token(&self) -> Result<(), ClientError> {
+        let account = self.account()?;
+        let token = self.transport.rotate_token(&account.token).await?;
+        self.write(|tx| tx.set_token(&token))
     }
 
     /// Who this profile is.
     pub fn whoami(&self) -> Result<WhoAmI, ClientError> {
         let a = self.account()?;
         Ok(WhoAmI {
-            username: a.username,
+            username: a.username.clone(),
             device_id: a.device.device_id(),
-            fingerprint: sotto_core::safety::fingerprint_digits(&a.identity.public()),
+            device_name: a.device.certificate().name().to_owned(),
+            primary: a.is_primary(),
+            fingerprint: sotto_core::safety::fingerprint_digits(&a.identity_key()),
             server: a.server,
         })
     }
@@ -81,27 +178,152 @@ impl Client {
         if self.read(|tx| tx.contact(user))?.is_none() {
             self.refresh_device_list(&account, user).await?;
         }
+
         let (pinned, _) = self
             .read(|tx| tx.contact(user))?
             .ok_or_else(|| ClientError::Corrupt("a contact pinned a moment ago".into()))?;
-        Ok(SafetyNumber::new(&account.identity.public(), &pinned))
+        Ok(SafetyNumber::new(&account.identity_key(), &pinned))
+    }
+
+    /// The safety number `user` would have with the new identity key the directory
+    /// offers for them, while the person has not accepted it (compare it with them,
+    /// then [`Client::trust`]); `None` when nothing changed.
+    pub fn pending_safety_number(
+        &self,
+        user: &Username,
+    ) -> Result<Option<SafetyNumber>, ClientError> {
+        let account = self.account()?;
+        Ok(self
+            .read(|tx| tx.key_changed(user))?
+            .map(|offered| SafetyNumber::new(&account.identity_key(), &offered)))
     }
 
     /// Fetches `user`'s device list from the directory and accepts it: verified,
-    /// signed by their pinned key (pinned now on first use), no rollback.
+    /// signed under their pinned root (pinned now on first use), no rollback, no
+    /// revoked account key. What changed is told as events: an account recovered on
+    /// a new device (informational), a new identity key (a safety-number change,
+    /// remembered until the person accepts it: [`Client::trust`]), an account the
+    /// server no longer has, or, for this account's own list on the primary, a list
+    /// this device did not sign.
     pub(crate) async fn refresh_device_list(
         &self,
         account: &Account,
         user: &Username,
     ) -> Result<DeviceList, ClientError> {
-        let info = self.transport.account(&account.token, user).await?;
-        self.write(|tx| {
-            Ok(sotto_core::accept_device_list(
-                &mut tx.trust(),
-                &info.device_list,
-            )?)
+        let now = self.now();
+        let info = match self.transport.account(&account.token, user).await {
+            Ok(info) => info,
+            Err(ClientError::UnknownUser(name)) => {
+                self.write(|tx| {
+                    if tx.contact(user)?.is_some() && !tx.is_gone(user)? {
+                        tx.set_gone(user, true)?;
+                        let event = Event::Contact {
+                            user: user.clone(),
+                            detail: format!(
+                                "{user}'s account no longer exists on the server (its operator \
+                                 released the name): messages to {user} cannot be delivered"
+                            ),
+                        };
+                        tx.record_event(None, "contact", &event_detail(&event), now)?;
+                        queue(tx, &[event])?;
+                    }
+                    Ok(())
+                })?;
+                return Err(ClientError::UnknownUser(name));
+            }
+            Err(e) => return Err(e),
+        };
+        let list = info.device_list;
+        let outcome =
+            self.write(
+                |tx| match sotto_core::accept_device_list(&mut tx.trust(), &list) {
+                    Ok(outcome) => {
+                        tx.set_gone(user, false)?;
+                        let events = list_events(account, user, &list, outcome);
+                        for e in &events {
+                            let kind = if matches!(e, Event::Security { .. }) {
+                                "security"
+                            } else {
+                                "contact"
+                            };
+                            tx.record_event(None, kind, &event_detail(e), now)?;
+                        }
+                        queue(tx, &events)?;
+                        Ok(Ok(()))
+                    }
+                    Err(sotto_core::TrustError::Refused(
+                        refusal @ sotto_core::Refusal::IdentityKeyChanged { offered, .. },
+                    )) if user != &account.username => {
+                        if tx.key_changed(user)? != Some(offered) {
+                            tx.set_key_changed(user, &offered)?;
+                            let event = Event::Security {
+                                conversation: None,
+                                detail: format!(
+                                    "{user}'s safety number changed (a new identity key: a \
+                                 reinstall, or someone else). Nothing more is sent to {user} \
+                                 until you compare the new safety number and accept it"
+                                ),
+                            };
+                            tx.record_event(None, "security", &event_detail(&event), now)?;
+                            queue(tx, &[event])?;
+                        }
+                        Ok(Err(ClientError::Refused(refusal)))
+                    }
+                    Err(e) => Err(ClientError::from(e)),
+                },
+            )?;
+        outcome.map(|()| list)
+    }
+
+    /// A directory notice: `user` published a new device list or was released.
+    /// Contacts this client never pinned are ignored (nothing of theirs is held).
+    pub(crate) async fn directory_notice(
+        &self,
+        account: &Account,
+        user: &Username,
+    ) -> Result<(), ClientError> {
+        if user != &account.username && self.read(|tx| tx.contact(user))?.is_none() {
+            return Ok(());
+        }
+        match self.refresh_device_list(account, user).await {
+            // Told as events already; the old devices stay until the person decides.
+            Ok(_) | Err(ClientError::UnknownUser(_) | ClientError::Refused(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Accepts `user`'s current identity key and device list from the directory,
+    /// after a safety-number change the person checked: their verification is reset,
+    /// and every conversation with them drops their old devices and gets their new
+    /// ones at once. Answers whether the key was a new one.
+    #[tracing::instrument(name = "trust", skip_all)]
+    pub async fn trust(&self, user: &Username) -> Result<bool, ClientError> {
+        let account = self.account()?;
+        if user == &account.username {
+            return Err(ClientError::UnknownUser(user.to_string()));
+        }
+        let list = self
+            .transport
+            .account(&account.token, user)
+            .await?
+            .device_list;
+        list.verify().map_err(sotto_core::Refusal::from)?;
+        let changed = self.write(|tx| {
+            let changed = match tx.contact(user)? {
+                Some((pinned, _)) if pinned != *list.identity_key() => {
+                    tx.accept_identity(user, list.identity_key())?;
+                    true
+                }
+                _ => false,
+            };
+            sotto_core::accept_device_list(&mut tx.trust(), &list)?;
+            tx.set_gone(user, false)?;
+            Ok(changed)
         })?;
-        Ok(info.device_list)
+        for id in self.read(|tx| tx.rosters_to_check())? {
+            self.reconcile(&account, id, Adds::Any).await?;
+        }
+        Ok(changed)
     }
 
     /// Marks `user` verified if `number` matches the safety number; `Ok(false)`
@@ -118,5 +340,53 @@ impl Client {
     /// Whether `user` is verified.
     pub fn is_verified(&self, user: &Username) -> Result<bool, ClientError> {
         Ok(self.read(|tx| tx.contact(user))?.is_some_and(|(_, v)| v))
+    }
+}
+
+/// The text of an informational or security event, for the profile's event log.
+pub(super) fn event_detail(e: &Event) -> String {
+    match e {
+        Event::Security { detail, .. } | Event::Contact { detail, .. } => detail.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// What accepting `user`'s new `list` tells the person.
+fn list_events(
+    account: &Account,
+    user: &Username,
+    list: &DeviceList,
+    outcome: sotto_core::Accepted,
+) -> Vec<Event> {
+    use sotto_core::Accepted;
+    let own = user == &account.username;
+    match outcome {
+        Accepted::AccountKeyRotated { .. } if own => vec![Event::Security {
+            conversation: None,
+            detail: "your account was recovered on another device with the recovery key: \
+                     this device is no longer one of its devices"
+                .into(),
+        }],
+        Accepted::AccountKeyRotated { .. } => {
+            let names: Vec<&str> = list.devices().iter().map(|c| c.name()).collect();
+            vec![Event::Contact {
+                user: user.clone(),
+                detail: format!(
+                    "{user} re-established their account on a new device ({}); their \
+                     identity is unchanged",
+                    names.join(", ")
+                ),
+            }]
+        }
+        // Only the primary signs this account's lists: a newer one under the same
+        // account key that it did not accept as its own was made elsewhere.
+        Accepted::Updated if own && account.is_primary() => vec![Event::Security {
+            conversation: None,
+            detail: ClientError::ForeignDeviceList {
+                version: list.version(),
+            }
+            .to_string(),
+        }],
+        _ => Vec::new(),
     }
 }

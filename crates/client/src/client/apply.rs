@@ -12,26 +12,46 @@ pub(super) fn queue(tx: &ProfileTx<'_>, events: &[Event]) -> Result<(), ClientEr
     Ok(())
 }
 
+/// The event of a commit, from the conversation as it is after it: a device added
+/// for a user who already had one here is a linked device, a device removed from a
+/// user who keeps one is an unlinked device; the rest are members joining or leaving.
 pub(super) fn members_event(
     id: ConversationId,
     by: &Username,
     change: &sotto_core::RosterChange,
-) -> Event {
-    Event::Members {
+    after: &Conversation,
+) -> Result<Event, ClientError> {
+    let roster = after.roster()?;
+    let stays = |user: &Username, except: &[sotto_core::RosterEntry]| {
+        roster
+            .devices()
+            .iter()
+            .any(|e| &e.username == user && !except.iter().any(|x| x.device_id == e.device_id))
+    };
+    let (mut added, mut linked, mut removed, mut unlinked) = (vec![], vec![], vec![], vec![]);
+    for e in &change.added {
+        if stays(&e.username, &change.added) {
+            linked.push(DeviceChange::of(e));
+        } else {
+            added.push((e.username.clone(), e.device_id));
+        }
+    }
+    for e in &change.removed {
+        if stays(&e.username, &[]) {
+            unlinked.push(DeviceChange::of(e));
+        } else {
+            removed.push((e.username.clone(), e.device_id));
+        }
+    }
+    Ok(Event::Members {
         conversation: id,
         by: by.clone(),
-        added: change
-            .added
-            .iter()
-            .map(|e| (e.username.clone(), e.device_id))
-            .collect(),
-        removed: change
-            .removed
-            .iter()
-            .map(|e| (e.username.clone(), e.device_id))
-            .collect(),
+        added,
+        removed,
+        linked,
+        unlinked,
         removed_me: change.removed_me,
-    }
+    })
 }
 
 pub(super) fn security_of(e: &ClientError) -> Option<String> {
@@ -99,6 +119,8 @@ pub(super) fn handle(
                 by: joined.added_by.username,
             }])
         }
+        // Directory notices need the network; `process_entry` handles them.
+        EntryKind::Directory => Ok(Vec::new()),
         EntryKind::Commit | EntryKind::Message => {
             let Some(mut conv) = Conversation::load(&tx.provider(), entry.group)? else {
                 return Err(ClientError::UnknownConversation(entry.group.to_string()));
@@ -138,7 +160,8 @@ pub(super) fn handle(
                         entry.group,
                         &committer.username,
                         &change,
-                    )])
+                        &conv,
+                    )?])
                 }
                 _ => Ok(Vec::new()),
             }

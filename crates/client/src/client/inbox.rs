@@ -60,6 +60,9 @@ impl Client {
         if self.read(|tx| tx.counter("cursor"))? >= seq {
             return Ok(());
         }
+        if entry.kind == EntryKind::Directory {
+            return self.process_directory_notice(account, &entry).await;
+        }
         let mut fetched: Vec<Username> = Vec::new();
         let processed = loop {
             let now = self.now();
@@ -120,6 +123,45 @@ impl Client {
                     }
                     queue(tx, &events)?;
                     tx.set_counter("cursor", seq)
+                })
+            }
+        }
+    }
+
+    /// A directory notice: the account named in the body changed its device list
+    /// (or was released). Its list is fetched again; a network failure leaves the
+    /// entry for the next fetch, anything else moves the cursor past it.
+    async fn process_directory_notice(
+        &self,
+        account: &Account,
+        entry: &Entry,
+    ) -> Result<(), ClientError> {
+        let user = std::str::from_utf8(&entry.body.0)
+            .ok()
+            .and_then(|s| Username::parse(s).ok());
+        let result = match &user {
+            Some(user) => self.directory_notice(account, user).await,
+            None => Err(ClientError::Local(
+                "a directory notice without a valid username".into(),
+            )),
+        };
+        let now = self.now();
+        match result {
+            Ok(()) => self.write(|tx| tx.set_counter("cursor", entry.seq)),
+            Err(e @ (ClientError::Network { .. } | ClientError::Server { .. })) => Err(e),
+            Err(e) if e.is_local() && user.is_some() => Err(e),
+            Err(e) => {
+                let reason = e.to_string();
+                self.write(|tx| {
+                    tx.record_failure(entry.seq, None, &reason, now)?;
+                    queue(
+                        tx,
+                        &[Event::Failed {
+                            seq: entry.seq,
+                            reason: reason.clone(),
+                        }],
+                    )?;
+                    tx.set_counter("cursor", entry.seq)
                 })
             }
         }

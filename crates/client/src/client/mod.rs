@@ -21,8 +21,8 @@ use sotto_core::content::{
 use sotto_core::openmls_traits::OpenMlsProvider as _;
 use sotto_core::openmls_traits::random::OpenMlsRand as _;
 use sotto_core::{
-    ClaimedKeyPackage, Content, Conversation, ConversationConfig, ConversationError, Envelope,
-    IdentityKeyPair, Incoming, LocalDevice, OutgoingCommit, SafetyNumber, SecurityEvent,
+    AccountKey, ClaimedKeyPackage, Content, Conversation, ConversationConfig, ConversationError,
+    Envelope, IdentityKeyPair, Incoming, LocalDevice, OutgoingCommit, SafetyNumber, SecurityEvent,
     UserKeyPackages, generate_key_packages,
 };
 use sotto_proto::{ConversationId, DeviceId, DeviceList, MessageId, Username};
@@ -41,7 +41,9 @@ mod inbox;
 mod messaging;
 mod outbox;
 
+pub use account::Registered;
 use apply::{apply_content, handle, members_event, queue, security_of};
+pub(crate) use outbox::Adds;
 
 /// One-time KeyPackages uploaded at registration and on top-up.
 const KEY_PACKAGE_BATCH: usize = 50;
@@ -106,10 +108,17 @@ pub enum Event {
         conversation: ConversationId,
         /// Who committed the change (this account, for its own commits).
         by: Username,
-        /// Users with devices added (a user may appear when one device was linked).
+        /// Users who joined, with their devices.
         added: Vec<(Username, DeviceId)>,
-        /// Devices removed.
+        /// Users who left (all their devices), with their devices.
         removed: Vec<(Username, DeviceId)>,
+        /// Devices added for members who were here already (a device they linked,
+        /// or the device they recovered their account on).
+        #[serde(default)]
+        linked: Vec<DeviceChange>,
+        /// Devices removed from members who stay (a device they unlinked).
+        #[serde(default)]
+        unlinked: Vec<DeviceChange>,
         /// True if this device was removed.
         removed_me: bool,
     },
@@ -129,6 +138,14 @@ pub enum Event {
         /// Seconds, or `None` when turned off.
         seconds: Option<u32>,
     },
+    /// News about a contact's account (recovered on a new device, released by the
+    /// server's operator): informational, nothing was refused.
+    Contact {
+        /// The contact.
+        user: Username,
+        /// What happened, for the user.
+        detail: String,
+    },
     /// Something was refused for security (ghost device, key substitution, rollback).
     Security {
         /// The conversation, if any.
@@ -145,6 +162,27 @@ pub enum Event {
     },
 }
 
+/// One device of a member that was linked or unlinked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceChange {
+    /// The member.
+    pub user: Username,
+    /// The device.
+    pub device: DeviceId,
+    /// Its name, as certified (peer text: escape it when shown).
+    pub name: String,
+}
+
+impl DeviceChange {
+    fn of(e: &sotto_core::RosterEntry) -> Self {
+        Self {
+            user: e.username.clone(),
+            device: e.device_id,
+            name: e.device_name.clone(),
+        }
+    }
+}
+
 /// Who this profile is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WhoAmI {
@@ -152,6 +190,10 @@ pub struct WhoAmI {
     pub username: Username,
     /// This device.
     pub device_id: DeviceId,
+    /// This device's name, as certified.
+    pub device_name: String,
+    /// Whether this is the account's primary device (it links and removes devices).
+    pub primary: bool,
     /// The fingerprint of the account identity key (the own half of safety numbers).
     pub fingerprint: String,
     /// The server.
@@ -203,6 +245,9 @@ pub struct Sent {
     pub id: MessageId,
     /// The conversation.
     pub conversation: ConversationId,
+    /// Members of a group this message cannot reach, and why (in a one-to-one
+    /// conversation an unreachable peer fails the send instead).
+    pub unreachable: Vec<(Username, String)>,
 }
 
 /// An async client for one profile.

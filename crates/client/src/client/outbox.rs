@@ -33,7 +33,7 @@ impl Client {
                     if change.removed_me {
                         tx.deactivate(id)?;
                     }
-                    queue(tx, &[members_event(id, &account.username, &change)])
+                    queue(tx, &[members_event(id, &account.username, &change, &conv)?])
                 })?;
                 Ok(true)
             }
@@ -50,42 +50,55 @@ impl Client {
         }
     }
 
-    /// Keeps a conversation's members equal to their accounts' device lists: a device
-    /// its account no longer lists (removed from the account, or added by a member
-    /// though never listed) is removed by commit, with a security event, before this
-    /// client sends anything there. Lists the client lacks, or that name no such
-    /// device, are fetched from the directory first. Every member client does this, so
-    /// a device removal reaches every conversation, including those the remover is not
-    /// in; one commit wins and the others find nothing left to do.
+    /// Keeps a conversation's members equal to their accounts' device lists:
+    ///
+    /// - a device its account no longer lists (removed from the account, revoked by a
+    ///   recovery, or added by a member though never listed) is removed by commit
+    ///   before this client sends anything there. Every member client does this, so a
+    ///   device removal reaches every conversation, including those the remover is not
+    ///   in; one commit wins and the others find nothing left to do;
+    /// - a device its account lists but that is not a member (newly linked, or the
+    ///   device an account was recovered on) is added, first, so that an account
+    ///   whose devices all changed stays in the conversation. With [`Adds::Designated`]
+    ///   only one member adds (see [`designated_adder`]), so that members do not race
+    ///   and burn the new device's KeyPackages; before a send ([`Adds::Any`]) this
+    ///   client adds whatever is missing itself.
+    ///
+    /// Lists the client lacks, or that name no such device, are fetched from the
+    /// directory first. A device whose KeyPackages are not on the server yet leaves
+    /// the conversation marked, to be tried again at the next sync.
     pub(crate) async fn reconcile(
         &self,
         account: &Account,
         id: ConversationId,
+        adds: Adds,
     ) -> Result<(), ClientError> {
         let me = account.device.device_id();
         let mut refreshed: Vec<Username> = Vec::new();
+        let mut unaddable: Vec<Username> = Vec::new();
         for _ in 0..COMMIT_RETRIES {
-            let unlisted = self.read(|tx| {
+            let state = self.read(|tx| {
                 let conv = load(tx, id)?;
                 if !conv.is_active() {
-                    return Ok(Vec::new());
+                    return Ok(None);
                 }
-                Ok(conv.unlisted(&tx.trust())?)
+                let trust = tx.trust();
+                let unlisted = conv.unlisted(&trust)?;
+                Ok(Some((unlisted, conv.missing(&trust)?, conv.roster()?)))
             });
-            let unlisted: Vec<_> = match unlisted {
-                Ok(u) => u.into_iter().filter(|e| e.device_id != me).collect(),
+            let (unlisted, missing, roster) = match state {
+                Ok(Some(state)) => state,
+                Ok(None) => break,
                 Err(ClientError::Engine(ConversationError::DeviceListsNeeded(users))) => {
                     for user in users {
-                        self.refresh_device_list(account, &user).await?;
+                        self.refresh_for_check(account, &user).await?;
                         refreshed.push(user);
                     }
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            if unlisted.is_empty() {
-                break;
-            }
+            let unlisted: Vec<_> = unlisted.into_iter().filter(|e| e.device_id != me).collect();
             // The list held may predate the device: ask the directory once per user.
             let mut stale: Vec<Username> = unlisted
                 .iter()
@@ -95,10 +108,30 @@ impl Client {
             stale.dedup();
             if !stale.is_empty() {
                 for user in stale {
-                    self.refresh_device_list(account, &user).await?;
+                    self.refresh_for_check(account, &user).await?;
                     refreshed.push(user);
                 }
                 continue;
+            }
+            let mut to_add: Vec<Username> = missing
+                .iter()
+                .map(|(u, _)| u.clone())
+                .filter(|u| !unaddable.contains(u))
+                .filter(|u| {
+                    adds == Adds::Any || designated_adder(&roster, &unlisted, u) == Some(me)
+                })
+                .collect();
+            to_add.dedup();
+            if !to_add.is_empty() {
+                let devices: Vec<DeviceId> = missing.iter().map(|(_, d)| *d).collect();
+                match self.add_listed(account, id, &to_add, &devices).await? {
+                    AddOutcome::Added | AddOutcome::LostRace => {}
+                    AddOutcome::NoKeyPackages => unaddable.extend(to_add),
+                }
+                continue;
+            }
+            if unlisted.is_empty() {
+                break;
             }
             let devices: Vec<DeviceId> = unlisted.iter().map(|e| e.device_id).collect();
             let out = self.write(|tx| {
@@ -123,11 +156,126 @@ impl Client {
                 }
                 queue(tx, &events)
             })?;
-            if self.submit_commit(account, id, out).await? {
-                break;
+            self.submit_commit(account, id, out).await?;
+        }
+        if unaddable.is_empty() {
+            self.write(|tx| tx.clear_roster_to_check(id))?;
+        }
+        Ok(())
+    }
+
+    /// Refreshes a list for a member check. An account the server no longer has, or
+    /// whose key changed, was reported by the refresh; its devices stay until the
+    /// person decides, and the check goes on for the others.
+    async fn refresh_for_check(
+        &self,
+        account: &Account,
+        user: &Username,
+    ) -> Result<(), ClientError> {
+        match self.refresh_device_list(account, user).await {
+            Ok(_) => Ok(()),
+            Err(ClientError::UnknownUser(_))
+            | Err(ClientError::Refused(sotto_core::Refusal::IdentityKeyChanged { .. }))
+                if self.read(|tx| tx.device_list_of(user))?.is_some() =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds `devices` of `users` (devices their lists name that are not members): one
+    /// KeyPackage claimed per device, the engine admitting only listed devices.
+    async fn add_listed(
+        &self,
+        account: &Account,
+        id: ConversationId,
+        users: &[Username],
+        devices: &[DeviceId],
+    ) -> Result<AddOutcome, ClientError> {
+        let mut claimed = Vec::new();
+        for user in users {
+            for (device, bytes) in self.transport.claim(&account.token, user).await? {
+                if devices.contains(&device) {
+                    claimed.push(ClaimedKeyPackage {
+                        username: user.clone(),
+                        bytes,
+                    });
+                }
             }
         }
-        self.write(|tx| tx.clear_roster_to_check(id))
+        if claimed.is_empty() {
+            return Ok(AddOutcome::NoKeyPackages);
+        }
+        let out = self.write(|tx| {
+            Ok(load(tx, id)?.add_devices(
+                &tx.provider(),
+                &account.device,
+                &mut tx.trust(),
+                &claimed,
+            )?)
+        });
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                self.record_security(Some(id), &e);
+                return Err(e);
+            }
+        };
+        Ok(if self.submit_commit(account, id, out).await? {
+            AddOutcome::Added
+        } else {
+            AddOutcome::LostRace
+        })
+    }
+
+    /// Checks, before a send, that every other member can read it: nobody whose
+    /// safety number changed without the person accepting it, nobody whose account
+    /// the server released, and each with at least one current device here. In a
+    /// one-to-one conversation any of these refuses the send; in a group the send
+    /// goes on and the members it cannot reach are answered.
+    pub(crate) async fn unreachable(
+        &self,
+        account: &Account,
+        id: ConversationId,
+    ) -> Result<Vec<(Username, String)>, ClientError> {
+        let (roster, direct) = self.read(|tx| {
+            let direct = tx.conversation(id)?.is_some_and(|c| c.kind == "direct");
+            Ok((load(tx, id)?.roster()?, direct))
+        })?;
+        let mut unreachable = Vec::new();
+        for (user, devices) in roster.users() {
+            if user == account.username {
+                continue;
+            }
+            if self.read(|tx| tx.is_gone(&user))? {
+                // Maybe registered again since: a look-up tells.
+                match self.refresh_device_list(account, &user).await {
+                    Ok(_) | Err(ClientError::Refused(_)) | Err(ClientError::UnknownUser(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let reason = if self.read(|tx| tx.key_changed(&user))?.is_some() {
+                if direct {
+                    return Err(ClientError::SafetyNumberChanged(user));
+                }
+                "their safety number changed and you have not accepted the new one".to_owned()
+            } else if self.read(|tx| tx.is_gone(&user))? {
+                "their account no longer exists on the server".to_owned()
+            } else {
+                let list = self.read(|tx| tx.device_list_of(&user))?;
+                let current = list.is_some_and(|l| devices.iter().any(|d| l.device(*d).is_some()));
+                if current {
+                    continue;
+                }
+                "none of their current devices is in this conversation yet".to_owned()
+            };
+            if direct {
+                return Err(ClientError::Unreachable { user, reason });
+            }
+            unreachable.push((user, reason));
+        }
+        Ok(unreachable)
     }
 
     /// Checks the members of every conversation marked for it (see
@@ -137,7 +285,7 @@ impl Client {
     /// Sending there stays refused until its check passes.
     pub(crate) async fn reconcile_marked(&self, account: &Account) -> Result<(), ClientError> {
         for id in self.read(|tx| tx.rosters_to_check())? {
-            match self.reconcile(account, id).await {
+            match self.reconcile(account, id, Adds::Designated).await {
                 Ok(()) => {}
                 Err(e)
                     if e.is_local()
@@ -203,8 +351,9 @@ impl Client {
     ) -> Result<Sent, ClientError> {
         let account = self.outbound().await?;
         if self.read(|tx| tx.rosters_to_check())?.contains(&id) {
-            self.reconcile(&account, id).await?;
+            self.reconcile(&account, id, Adds::Any).await?;
         }
+        let unreachable = self.unreachable(&account, id).await?;
         let now_ms = self.now_ms();
         let now = now_ms / 1000;
         let message_id = self.read(|tx| {
@@ -242,6 +391,7 @@ impl Client {
                     return Ok(Sent {
                         id: message_id,
                         conversation: id,
+                        unreachable,
                     });
                 }
                 Err(e) if e.server_code() == Some(ErrorCode::StaleEpoch) => {
@@ -254,4 +404,49 @@ impl Client {
             operation: "sending",
         })
     }
+}
+
+/// Who adds missing devices during a background member check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Adds {
+    /// Only the designated member ([`designated_adder`]).
+    Designated,
+    /// This client, whoever is designated (before a send, after a trust decision).
+    Any,
+}
+
+/// What an attempt to add listed devices did.
+enum AddOutcome {
+    Added,
+    LostRace,
+    /// None of the devices has a KeyPackage on the server yet.
+    NoKeyPackages,
+}
+
+/// The one member device that adds `user`'s missing devices during background
+/// checks, so that members do not race: the lowest leaf among `user`'s own current
+/// devices (a device linked to an account is added by its siblings), else the lowest
+/// leaf among the other members' current devices (an account recovered on a new
+/// device, or whose key the person accepted anew). Others add it before they send.
+pub(crate) fn designated_adder(
+    roster: &sotto_core::Roster,
+    unlisted: &[sotto_core::RosterEntry],
+    user: &Username,
+) -> Option<DeviceId> {
+    let current =
+        |e: &&sotto_core::RosterEntry| !unlisted.iter().any(|u| u.device_id == e.device_id);
+    let own = roster
+        .devices()
+        .iter()
+        .filter(current)
+        .filter(|e| &e.username == user)
+        .min_by_key(|e| e.leaf);
+    own.or_else(|| {
+        roster
+            .devices()
+            .iter()
+            .filter(current)
+            .min_by_key(|e| e.leaf)
+    })
+    .map(|e| e.device_id)
 }

@@ -28,21 +28,38 @@ impl ProfileTx<'_> {
             .transpose()
     }
 
-    /// Stores the account (registration or linking).
+    fn delete_meta(&self, key: &str) -> Result<(), ClientError> {
+        self.tx.execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
+    /// Stores the account (registration, linking or recovery). The account key is
+    /// stored on the primary only; no device stores the root.
     pub fn save_account(&self, account: &Account) -> Result<(), ClientError> {
         self.set_meta("username", account.username.as_str().as_bytes())?;
-        self.set_meta("certificate", &account.device.certificate().to_bytes())?;
+        self.set_meta("chain", &account.device.chain().to_bytes())?;
         self.set_meta(
             "device_secret",
             account.device.signer().to_secret_bytes().as_slice(),
         )?;
-        self.set_meta(
-            "identity_secret",
-            account.identity.to_secret_bytes().as_slice(),
-        )?;
-        self.set_meta("token", account.token.as_bytes())?;
+        match &account.account_key {
+            Some(key) => {
+                self.set_meta("account_secret", key.to_secret_bytes().as_slice())?;
+                self.set_meta("account_certificate", &key.certificate().to_bytes())?;
+            }
+            None => {
+                self.delete_meta("account_secret")?;
+                self.delete_meta("account_certificate")?;
+            }
+        }
+        self.set_token(&account.token)?;
         self.set_meta("server", account.server.as_bytes())?;
         Ok(())
+    }
+
+    /// Replaces the bearer token (after a rotation).
+    pub fn set_token(&self, token: &str) -> Result<(), ClientError> {
+        self.set_meta("token", token.as_bytes())
     }
 
     /// The account, if this profile has one.
@@ -52,22 +69,36 @@ impl ProfileTx<'_> {
         };
         let corrupt = |what: &str| ClientError::Corrupt(format!("the profile's {what}"));
         let username = Username::parse(&username).map_err(|_| corrupt("username"))?;
-        let cert = self
-            .meta("certificate")?
-            .ok_or_else(|| corrupt("certificate"))?;
-        let cert = DeviceCertificate::from_bytes(&cert).map_err(|_| corrupt("certificate"))?;
+        let chain = self.meta("chain")?.ok_or_else(|| {
+            ClientError::Corrupt(
+                "the profile's certificate chain (a profile made before decision 0011: \
+                 register or link this device again in a new profile)"
+                    .into(),
+            )
+        })?;
+        let chain = CertificateChain::from_bytes(&chain).map_err(|_| corrupt("certificate"))?;
         let secret = |key: &str| -> Result<zeroize::Zeroizing<[u8; 32]>, ClientError> {
             let bytes = zeroize::Zeroizing::new(self.meta(key)?.ok_or_else(|| corrupt(key))?);
             let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| corrupt(key))?;
             Ok(zeroize::Zeroizing::new(array))
         };
         let signer = DeviceSigner::from_secret_bytes(&*secret("device_secret")?);
-        let identity = IdentityKeyPair::from_secret_bytes(&*secret("identity_secret")?);
-        let device = LocalDevice::new(cert, signer).map_err(|_| corrupt("device key"))?;
+        let device = LocalDevice::new(chain, signer).map_err(|_| corrupt("device key"))?;
+        let account_key = match self.meta("account_certificate")? {
+            None => None,
+            Some(cert) => {
+                let cert = AccountKeyCertificate::from_bytes(&cert)
+                    .map_err(|_| corrupt("account key certificate"))?;
+                Some(
+                    AccountKey::from_parts(&*secret("account_secret")?, cert)
+                        .map_err(|_| corrupt("account key"))?,
+                )
+            }
+        };
         Ok(Some(Account {
             username,
             device,
-            identity,
+            account_key,
             token: self.meta_text("token")?.ok_or_else(|| corrupt("token"))?,
             server: self.meta_text("server")?.ok_or_else(|| corrupt("server"))?,
         }))

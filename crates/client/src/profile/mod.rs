@@ -10,9 +10,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sotto_core::storage::{KvBackend, KvStorage, SottoProvider};
-use sotto_core::{DeviceSigner, IdentityKeyPair, LocalDevice, TrustStore, TrustStoreError};
+use sotto_core::{AccountKey, DeviceSigner, LocalDevice, TrustStore, TrustStoreError};
 use sotto_proto::{
-    ConversationId, DeviceCertificate, DeviceId, DeviceList, IdentityPublicKey, MessageId, Username,
+    AccountKeyCertificate, CertificateChain, ConversationId, DeviceId, DeviceList,
+    IdentityPublicKey, MessageId, Username,
 };
 
 use crate::error::ClientError;
@@ -48,7 +49,9 @@ CREATE TABLE IF NOT EXISTS contacts (
     identity_key BLOB NOT NULL,
     verified INTEGER NOT NULL DEFAULT 0,
     device_list BLOB,
-    pinned_at INTEGER NOT NULL
+    pinned_at INTEGER NOT NULL,
+    changed_key BLOB,
+    gone INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS conversations (
     id BLOB PRIMARY KEY,
@@ -107,14 +110,27 @@ CREATE TABLE IF NOT EXISTS events (
 pub struct Account {
     /// The username.
     pub username: Username,
-    /// The device, with its certificate and signing key.
+    /// The device, with its certificate chain and signing key.
     pub device: LocalDevice,
-    /// The account identity key (present on every device of the account).
-    pub identity: IdentityKeyPair,
+    /// The account key, which certifies devices and signs the device list: on the
+    /// primary device only (decision 0011). The root (recovery) key is never stored.
+    pub account_key: Option<AccountKey>,
     /// The bearer token for the server.
     pub token: String,
     /// The server URL the account lives on.
     pub server: String,
+}
+
+impl Account {
+    /// The account's root (identity) key: what contacts pin.
+    pub fn identity_key(&self) -> IdentityPublicKey {
+        *self.device.chain().identity_key()
+    }
+
+    /// Whether this is the primary device (it holds the account key).
+    pub fn is_primary(&self) -> bool {
+        self.account_key.is_some()
+    }
 }
 
 impl std::fmt::Debug for Account {
@@ -278,6 +294,19 @@ fn migrate(conn: &Connection) -> Result<(), ClientError> {
     )?;
     if !has_list {
         conn.execute_batch("ALTER TABLE contacts ADD COLUMN device_list BLOB")?;
+    }
+    // A contact's new identity key not accepted yet, and an account the server no
+    // longer has (decision 0011).
+    let has_changed: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('contacts') WHERE name = 'changed_key'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_changed {
+        conn.execute_batch(
+            "ALTER TABLE contacts ADD COLUMN changed_key BLOB;
+             ALTER TABLE contacts ADD COLUMN gone INTEGER NOT NULL DEFAULT 0;",
+        )?;
     }
     Ok(())
 }

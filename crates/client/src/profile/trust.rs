@@ -26,6 +26,88 @@ impl ProfileTx<'_> {
         .transpose()
     }
 
+    /// Remembers that the directory offered `offered` as `username`'s identity key,
+    /// which differs from the pinned one: sending to them is refused until the
+    /// person accepts it ([`ProfileTx::accept_identity`]).
+    pub fn set_key_changed(
+        &self,
+        username: &Username,
+        offered: &IdentityPublicKey,
+    ) -> Result<(), ClientError> {
+        self.tx.execute(
+            "UPDATE contacts SET changed_key = ?2 WHERE username = ?1",
+            params![username.as_str(), &offered.as_bytes()[..]],
+        )?;
+        Ok(())
+    }
+
+    /// The identity key the directory offers for `username` in place of the pinned
+    /// one, if the person has not accepted it yet.
+    pub fn key_changed(
+        &self,
+        username: &Username,
+    ) -> Result<Option<IdentityPublicKey>, ClientError> {
+        let key: Option<Option<Vec<u8>>> = self
+            .tx
+            .query_row(
+                "SELECT changed_key FROM contacts WHERE username = ?1",
+                [username.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        key.flatten()
+            .map(|k| {
+                <[u8; 32]>::try_from(k.as_slice())
+                    .map(IdentityPublicKey::from_bytes)
+                    .map_err(|_| ClientError::Corrupt("a changed identity key".into()))
+            })
+            .transpose()
+    }
+
+    /// Records whether the server still has `username`'s account.
+    pub fn set_gone(&self, username: &Username, gone: bool) -> Result<(), ClientError> {
+        self.tx.execute(
+            "UPDATE contacts SET gone = ?2 WHERE username = ?1",
+            params![username.as_str(), gone],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the server said `username`'s account no longer exists.
+    pub fn is_gone(&self, username: &Username) -> Result<bool, ClientError> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT gone FROM contacts WHERE username = ?1",
+                [username.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    /// Accepts `key` as `username`'s identity key from now on (the person decided,
+    /// after a safety-number change): the pin moves, verification is reset, the old
+    /// device list is dropped (the caller records the new one).
+    pub fn accept_identity(
+        &self,
+        username: &Username,
+        key: &IdentityPublicKey,
+    ) -> Result<(), ClientError> {
+        self.tx.execute(
+            "UPDATE contacts SET identity_key = ?2, verified = 0, device_list = NULL,
+                 changed_key = NULL, gone = 0
+             WHERE username = ?1",
+            params![username.as_str(), &key.as_bytes()[..]],
+        )?;
+        Ok(())
+    }
+
+    /// The newest device list held for `username`.
+    pub fn device_list_of(&self, username: &Username) -> Result<Option<DeviceList>, ClientError> {
+        Ok(self.trust().device_list(username)?)
+    }
+
     /// Marks a contact verified.
     pub fn set_verified(&self, username: &Username) -> Result<(), ClientError> {
         self.tx.execute(

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use sotto_core::content::Text;
 use sotto_core::storage::{MemoryStorage, SottoProvider};
 use sotto_core::{
-    Content, Conversation, ConversationConfig, ConversationError, Envelope, IdentityKeyPair,
-    Incoming, LocalDevice, MemoryTrustStore, OutgoingCommit, ReceivedMessage, Refusal,
-    UserKeyPackages, generate_key_packages,
+    AccountKey, Content, Conversation, ConversationConfig, ConversationError, Envelope,
+    IdentityKeyPair, Incoming, LocalDevice, MemoryTrustStore, OutgoingCommit, ReceivedMessage,
+    Refusal, UserKeyPackages, generate_key_packages,
 };
 use sotto_proto::{ConversationId, DeviceId, DeviceList, MessageId, Username};
 
@@ -28,6 +28,7 @@ pub struct Dev {
 pub struct User {
     pub name: Username,
     pub identity: IdentityKeyPair,
+    pub account: AccountKey,
     pub devices: Vec<DeviceId>,
     pub list_version: u64,
 }
@@ -59,11 +60,14 @@ impl World {
         let username = name(user);
         let provider = Provider::default();
         let identity = IdentityKeyPair::generate(provider_rand(&provider)).unwrap();
+        let account =
+            AccountKey::generate(provider_rand(&provider), &identity, &username, 1, 1).unwrap();
         self.users.insert(
             username.clone(),
             User {
                 name: username.clone(),
                 identity,
+                account,
                 devices: vec![],
                 list_version: 0,
             },
@@ -78,7 +82,7 @@ impl World {
         let now = 1_700_000_000 + self.next();
         let u = self.users.get_mut(&username).unwrap();
         let local =
-            LocalDevice::create(provider_rand(&provider), &u.identity, &username, now).unwrap();
+            LocalDevice::create(provider_rand(&provider), &u.account, "phone", now).unwrap();
         let id = local.device_id();
         u.devices.push(id);
         u.list_version += 1;
@@ -111,7 +115,7 @@ impl World {
             .iter()
             .map(|d| self.devs[d].local.certificate().clone())
             .collect();
-        u.identity.sign_device_list(&u.name, u.list_version, certs)
+        u.account.sign_device_list(u.list_version, certs)
     }
 
     /// Claims one fresh key package per device of `user`.
@@ -223,7 +227,7 @@ impl World {
             let list = self.device_list(u.as_str());
             let dev = self.devs.get_mut(&at).unwrap();
             match sotto_core::accept_device_list(&mut dev.trust, &list) {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(sotto_core::TrustError::Refused(r)) => return Err(r),
                 Err(e) => panic!("trust store: {e}"),
             }

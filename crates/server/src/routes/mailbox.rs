@@ -19,6 +19,7 @@ pub fn wire_kind(kind: EntryKind) -> sotto_api::EntryKind {
     match kind {
         EntryKind::Commit => sotto_api::EntryKind::Commit,
         EntryKind::Welcome => sotto_api::EntryKind::Welcome,
+        EntryKind::Directory => sotto_api::EntryKind::Directory,
         _ => sotto_api::EntryKind::Message,
     }
 }
