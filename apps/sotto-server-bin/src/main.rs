@@ -47,10 +47,33 @@ struct Args {
     /// TLS private key (PEM); needs --tls-cert.
     #[arg(long, value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// Without a command the server runs.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Operator actions on the server's data (the same configuration as the server).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AdminCommand {
+    /// Deletes an account and all its devices so that the name can be registered
+    /// again (a person who lost their phone and their recovery key). Their contacts'
+    /// clients are told; they see a safety-number change when the person registers
+    /// again. Logged.
+    ReleaseUsername {
+        /// The account to release.
+        username: String,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let command = args.command;
     let flags = Flags {
         config: args.config,
         listen: args.listen,
@@ -85,7 +108,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, tls)) {
+    let result = match command {
+        None => runtime.block_on(serve(config, tls)),
+        Some(Command::Admin(admin)) => runtime.block_on(run_admin(&config, admin)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("sotto-server: {message}");
@@ -128,35 +155,8 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
                 )
             })?;
     }
-    let store: Arc<dyn Store> = match &config.store {
-        StoreBackend::Sqlite => {
-            let db = config.data_dir.join("sotto.db");
-            Arc::new(
-                SqliteStore::open(&db)
-                    .map_err(|e| format!("cannot open the database {}: {e}", db.display()))?,
-            )
-        }
-        StoreBackend::Postgres {
-            url,
-            pool_size,
-            writers,
-        } => {
-            let mut options = PostgresOptions::new(url.clone());
-            options.pool_size = *pool_size;
-            options.writers = *writers;
-            Arc::new(PostgresStore::connect(&options).await.map_err(|e| {
-                format!("cannot use the PostgreSQL database (check database_url and that the server is up): {e}")
-            })?)
-        }
-    };
-    let fanout: Arc<dyn Fanout> = match &config.fanout {
-        FanoutBackend::Local => Arc::new(InProcessFanout::default()),
-        FanoutBackend::Nats { url, prefix } => Arc::new(
-            NatsFanout::connect(url, prefix)
-                .await
-                .map_err(|e| format!("{e} (check nats_url and that nats-server is up)"))?,
-        ),
-    };
+    let store = open_store(&config).await?;
+    let fanout = open_fanout(&config).await?;
     let state = AppState::new(
         store,
         fanout,
@@ -203,6 +203,86 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
         None => sotto_server::run(listener, state, shutdown).await,
     };
     served.map_err(|e| format!("server error: {e}"))
+}
+
+/// The store the configuration names.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    Ok(match &config.store {
+        StoreBackend::Sqlite => {
+            let db = config.data_dir.join("sotto.db");
+            Arc::new(
+                SqliteStore::open(&db)
+                    .map_err(|e| format!("cannot open the database {}: {e}", db.display()))?,
+            )
+        }
+        StoreBackend::Postgres {
+            url,
+            pool_size,
+            writers,
+        } => {
+            let mut options = PostgresOptions::new(url.clone());
+            options.pool_size = *pool_size;
+            options.writers = *writers;
+            Arc::new(PostgresStore::connect(&options).await.map_err(|e| {
+                format!("cannot use the PostgreSQL database (check database_url and that the server is up): {e}")
+            })?)
+        }
+    })
+}
+
+/// The fan-out the configuration names.
+async fn open_fanout(config: &Config) -> Result<Arc<dyn Fanout>, String> {
+    Ok(match &config.fanout {
+        FanoutBackend::Local => Arc::new(InProcessFanout::default()),
+        FanoutBackend::Nats { url, prefix } => Arc::new(
+            NatsFanout::connect(url, prefix)
+                .await
+                .map_err(|e| format!("{e} (check nats_url and that nats-server is up)"))?,
+        ),
+    })
+}
+
+/// Runs an operator command against the configured store (a server may be running
+/// on it: SQLite and PostgreSQL both allow that). With NATS, the nodes' sockets are
+/// woken for the notices; with the in-process fan-out the clients read them at their
+/// next fetch.
+async fn run_admin(config: &Config, command: AdminCommand) -> Result<(), String> {
+    match command {
+        AdminCommand::ReleaseUsername { username } => {
+            let name = sotto_proto::Username::parse(&username)
+                .map_err(|e| format!("{username:?} is not a username: {e}"))?;
+            let store = open_store(config).await?;
+            let now = sotto_server::Clock::now(&SystemClock);
+            let notified = store
+                .release_account(&name, now)
+                .await
+                .map_err(|e| match e {
+                    sotto_server_store::StoreError::UnknownUser => {
+                        format!("no account named {name} exists")
+                    }
+                    other => format!("cannot release {name}: {other}"),
+                })?;
+            if let FanoutBackend::Nats { .. } = config.fanout {
+                let fanout = open_fanout(config).await?;
+                let wakes: Vec<_> = notified
+                    .iter()
+                    .map(|(id, seq)| (*id, sotto_server::Wake::UpTo(*seq)))
+                    .collect();
+                fanout.notify_many(&wakes).await;
+            }
+            tracing::warn!(
+                username = %name,
+                contacts_told = notified.len(),
+                "admin: username released (account and devices deleted)"
+            );
+            println!(
+                "released {name}: the account and its devices are deleted, {} contact device(s) told; \
+                 the name can be registered again",
+                notified.len()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Installs the SIGINT (Ctrl-C) and SIGTERM handlers at once, and answers a future

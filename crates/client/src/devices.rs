@@ -168,6 +168,7 @@ impl Client {
         let mut certs = current.devices().to_vec();
         certs.push(certificate.clone());
         let list = account_key.sign_device_list(current.version() + 1, certs);
+        self.write(|tx| tx.set_own_list_pending(&list.digest()))?;
         let published = self
             .transport
             .publish_devices(&account.token, &list)
@@ -281,18 +282,19 @@ impl Client {
             .cloned()
             .collect();
         let list = account_key.sign_device_list(current.version() + 1, certs);
+        self.write(|tx| tx.set_own_list_pending(&list.digest()))?;
         self.transport
             .publish_devices(&account.token, &list)
             .await?;
         self.write(|tx| {
             sotto_core::accept_device_list(&mut tx.trust(), &list)?;
-            Ok(())
+            tx.make_self_updates_due()
         })?;
         self.catch_up().await?;
         for id in self.read(|tx| tx.rosters_to_check())? {
             self.reconcile(&account, id, Adds::Designated).await?;
         }
-        Ok(())
+        self.self_update_due().await
     }
 
     /// The username of this profile, if registered.

@@ -29,6 +29,9 @@ enum Ended {
     Fatal(ClientError),
 }
 
+/// How often a listening client deletes expired messages and self-updates where due.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+
 impl Client {
     /// Receives in real time until `stop` resolves: catches up over HTTP, then holds the
     /// device's WebSocket, processing each entry as it arrives (in its own local
@@ -146,7 +149,26 @@ impl Client {
             Ok(socket) => socket,
             Err(ended) => return ended,
         };
-        while let Some(message) = socket.next().await {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.tick().await;
+        loop {
+            let message = tokio::select! {
+                message = socket.next() => message,
+                _ = housekeeping.tick() => {
+                    match self.housekeeping().await {
+                        Ok(()) => {}
+                        Err(ClientError::Network { .. } | ClientError::Server { .. }) => {}
+                        Err(e) => return Ended::Fatal(e),
+                    }
+                    match self.take_events() {
+                        Ok(events) if !events.is_empty() => on_events(self.emit(events)),
+                        Ok(_) => {}
+                        Err(e) => return Ended::Fatal(e),
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else { break };
             let text = match message {
                 Ok(Message::Text(t)) => t,
                 Ok(Message::Close(frame)) => {

@@ -234,44 +234,55 @@ impl Client {
             Err(e) => return Err(e),
         };
         let list = info.device_list;
-        let outcome =
-            self.write(
-                |tx| match sotto_core::accept_device_list(&mut tx.trust(), &list) {
-                    Ok(outcome) => {
-                        tx.set_gone(user, false)?;
-                        let events = list_events(account, user, &list, outcome);
-                        for e in &events {
-                            let kind = if matches!(e, Event::Security { .. }) {
-                                "security"
-                            } else {
-                                "contact"
-                            };
-                            tx.record_event(None, kind, &event_detail(e), now)?;
-                        }
-                        queue(tx, &events)?;
-                        Ok(Ok(()))
+        let outcome = self.write(|tx| {
+            let before = tx.device_list_of(user)?;
+            match sotto_core::accept_device_list(&mut tx.trust(), &list) {
+                Ok(outcome) => {
+                    tx.set_gone(user, false)?;
+                    let lost_a_device = before.is_some_and(|b| {
+                        b.devices()
+                            .iter()
+                            .any(|c| list.device(c.device_id()).is_none())
+                    });
+                    if user == &account.username && lost_a_device {
+                        // A device of this account was removed: replace the keys
+                        // it may have seen in every conversation.
+                        tx.make_self_updates_due()?;
                     }
-                    Err(sotto_core::TrustError::Refused(
-                        refusal @ sotto_core::Refusal::IdentityKeyChanged { offered, .. },
-                    )) if user != &account.username => {
-                        if tx.key_changed(user)? != Some(offered) {
-                            tx.set_key_changed(user, &offered)?;
-                            let event = Event::Security {
-                                conversation: None,
-                                detail: format!(
-                                    "{user}'s safety number changed (a new identity key: a \
+                    let mine = tx.is_own_list_pending(&list.digest())?;
+                    let events = list_events(account, user, &list, outcome, mine);
+                    for e in &events {
+                        let kind = if matches!(e, Event::Security { .. }) {
+                            "security"
+                        } else {
+                            "contact"
+                        };
+                        tx.record_event(None, kind, &event_detail(e), now)?;
+                    }
+                    queue(tx, &events)?;
+                    Ok(Ok(()))
+                }
+                Err(sotto_core::TrustError::Refused(
+                    refusal @ sotto_core::Refusal::IdentityKeyChanged { offered, .. },
+                )) if user != &account.username => {
+                    if tx.key_changed(user)? != Some(offered) {
+                        tx.set_key_changed(user, &offered)?;
+                        let event = Event::Security {
+                            conversation: None,
+                            detail: format!(
+                                "{user}'s safety number changed (a new identity key: a \
                                  reinstall, or someone else). Nothing more is sent to {user} \
                                  until you compare the new safety number and accept it"
-                                ),
-                            };
-                            tx.record_event(None, "security", &event_detail(&event), now)?;
-                            queue(tx, &[event])?;
-                        }
-                        Ok(Err(ClientError::Refused(refusal)))
+                            ),
+                        };
+                        tx.record_event(None, "security", &event_detail(&event), now)?;
+                        queue(tx, &[event])?;
                     }
-                    Err(e) => Err(ClientError::from(e)),
-                },
-            )?;
+                    Ok(Err(ClientError::Refused(refusal)))
+                }
+                Err(e) => Err(ClientError::from(e)),
+            }
+        })?;
         outcome.map(|()| list)
     }
 
@@ -357,6 +368,7 @@ fn list_events(
     user: &Username,
     list: &DeviceList,
     outcome: sotto_core::Accepted,
+    published_here: bool,
 ) -> Vec<Event> {
     use sotto_core::Accepted;
     let own = user == &account.username;
@@ -380,13 +392,15 @@ fn list_events(
         }
         // Only the primary signs this account's lists: a newer one under the same
         // account key that it did not accept as its own was made elsewhere.
-        Accepted::Updated if own && account.is_primary() => vec![Event::Security {
-            conversation: None,
-            detail: ClientError::ForeignDeviceList {
-                version: list.version(),
-            }
-            .to_string(),
-        }],
+        Accepted::Updated if own && account.is_primary() && !published_here => {
+            vec![Event::Security {
+                conversation: None,
+                detail: ClientError::ForeignDeviceList {
+                    version: list.version(),
+                }
+                .to_string(),
+            }]
+        }
         _ => Vec::new(),
     }
 }

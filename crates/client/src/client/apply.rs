@@ -152,10 +152,14 @@ pub(super) fn handle(
                 }
                 Incoming::Commit { change, committer } => {
                     tx.clear_pending_proposals(entry.group)?;
-                    tx.mark_roster_to_check(entry.group)?;
                     if change.removed_me {
                         tx.deactivate(entry.group)?;
                     }
+                    if change.added.is_empty() && change.removed.is_empty() {
+                        // A member refreshed its keys: nothing changed for anyone.
+                        return Ok(Vec::new());
+                    }
+                    tx.mark_roster_to_check(entry.group)?;
                     Ok(vec![members_event(
                         entry.group,
                         &committer.username,

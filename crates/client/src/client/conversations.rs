@@ -396,12 +396,11 @@ impl Client {
 
     /// A conversation's stored messages, oldest first; marks them read.
     pub fn history(&self, id: ConversationId) -> Result<Vec<StoredMessage>, ClientError> {
-        let now = self.now();
+        self.purge_expired()?;
         self.write(|tx| {
             if tx.conversation(id)?.is_none() {
                 return Err(ClientError::UnknownConversation(id.to_string()));
             }
-            tx.delete_expired(now)?;
             tx.mark_read(id)?;
             tx.history(id)
         })

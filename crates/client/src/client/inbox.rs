@@ -37,12 +37,30 @@ impl Client {
             }
             self.transport.ack(&account.token, last).await?;
         }
-        let now = self.now();
-        self.write(|tx| tx.delete_expired(now))?;
+        self.purge_expired()?;
         if joined {
             self.top_up_key_packages(false).await?;
         }
         Ok(())
+    }
+
+    /// Deletes expired disappearing messages with every copy of them: their rows
+    /// (overwritten in the database), reactions, queued events, the attachments
+    /// saved from them, and the WAL's copies (checkpointed when anything expired).
+    pub(crate) fn purge_expired(&self) -> Result<(), ClientError> {
+        let now = self.now();
+        let (expired, files) = self.write(|tx| tx.delete_expired(now))?;
+        if expired == 0 {
+            return Ok(());
+        }
+        for file in &files {
+            match std::fs::remove_file(file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ClientError::file("delete the expired attachment", file, e)),
+            }
+        }
+        self.profile()?.checkpoint()
     }
 
     /// Processes one mailbox entry in one transaction with the cursor move. An entry

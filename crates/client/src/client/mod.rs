@@ -374,6 +374,7 @@ impl Client {
     pub async fn sync(&self) -> Result<Vec<Event>, ClientError> {
         self.catch_up().await?;
         self.commit_pending_proposals().await?;
+        self.self_update_due().await?;
         self.take_events()
     }
 }

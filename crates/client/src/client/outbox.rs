@@ -33,6 +33,10 @@ impl Client {
                     if change.removed_me {
                         tx.deactivate(id)?;
                     }
+                    if change.added.is_empty() && change.removed.is_empty() {
+                        // A self-update: nothing for anyone to see.
+                        return Ok(());
+                    }
                     queue(tx, &[members_event(id, &account.username, &change, &conv)?])
                 })?;
                 Ok(true)
@@ -278,6 +282,35 @@ impl Client {
         Ok(unreachable)
     }
 
+    /// Periodic upkeep while a client runs: expired messages go, and this device's
+    /// keys are refreshed where due.
+    pub(crate) async fn housekeeping(&self) -> Result<(), ClientError> {
+        self.purge_expired()?;
+        self.self_update_due().await
+    }
+
+    /// Refreshes this device's leaf (a commit with a new path secret) in every
+    /// conversation where it has not done so for [`SELF_UPDATE_EVERY`], or at once
+    /// after a device of its account was removed: post-compromise security, so that
+    /// keys a thief copied stop opening new messages.
+    pub(crate) async fn self_update_due(&self) -> Result<(), ClientError> {
+        let account = self.account()?;
+        let now = self.now();
+        let due =
+            self.write(|tx| tx.self_updates_due(now.saturating_sub(SELF_UPDATE_EVERY), now))?;
+        for id in due {
+            for _ in 0..COMMIT_RETRIES {
+                let out = self
+                    .write(|tx| Ok(load(tx, id)?.self_update(&tx.provider(), &account.device)?))?;
+                if self.submit_commit(&account, id, out).await? {
+                    break;
+                }
+            }
+            self.write(|tx| tx.set_self_updated(id, now))?;
+        }
+        Ok(())
+    }
+
     /// Checks the members of every conversation marked for it (see
     /// [`Client::reconcile`]).
     /// A conversation whose check is refused (a contact's list signed by another key)
@@ -405,6 +438,9 @@ impl Client {
         })
     }
 }
+
+/// How often this device refreshes its own keys in each conversation (seconds).
+pub(crate) const SELF_UPDATE_EVERY: u64 = 86_400;
 
 /// Who adds missing devices during a background member check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

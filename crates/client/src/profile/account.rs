@@ -57,6 +57,18 @@ impl ProfileTx<'_> {
         Ok(())
     }
 
+    /// Records the digest of a device list this (primary) device is about to
+    /// publish, so that the directory notice of its own publication is not taken
+    /// for a list made elsewhere.
+    pub fn set_own_list_pending(&self, digest: &[u8; 32]) -> Result<(), ClientError> {
+        self.set_meta("own_list_pending", digest)
+    }
+
+    /// Whether `digest` is the list this device last set out to publish.
+    pub fn is_own_list_pending(&self, digest: &[u8; 32]) -> Result<bool, ClientError> {
+        Ok(self.meta("own_list_pending")?.as_deref() == Some(&digest[..]))
+    }
+
     /// Replaces the bearer token (after a rotation).
     pub fn set_token(&self, token: &str) -> Result<(), ClientError> {
         self.set_meta("token", token.as_bytes())

@@ -180,6 +180,50 @@ impl ProfileTx<'_> {
 
     /// Notes that a conversation's members must be checked against their device lists
     /// (after a commit or a Welcome, or when a member's list changed).
+    /// Active conversations where this device last refreshed its own keys before
+    /// `before` (a conversation seen for the first time counts from `now`: its leaf
+    /// was made when it joined).
+    pub fn self_updates_due(
+        &self,
+        before: u64,
+        now: u64,
+    ) -> Result<Vec<ConversationId>, ClientError> {
+        self.tx.execute(
+            "INSERT OR IGNORE INTO self_updates (conversation, at)
+             SELECT id, ?1 FROM conversations WHERE active = 1",
+            [i(now)],
+        )?;
+        let mut stmt = self.tx.prepare(
+            "SELECT s.conversation FROM self_updates s
+             JOIN conversations c ON c.id = s.conversation
+             WHERE c.active = 1 AND s.at < ?1",
+        )?;
+        let rows = stmt.query_map([i(before)], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|id| conv_id(&id?)).collect()
+    }
+
+    /// Records a self-update in `id` at `at`.
+    pub fn set_self_updated(&self, id: ConversationId, at: u64) -> Result<(), ClientError> {
+        self.tx.execute(
+            "INSERT INTO self_updates (conversation, at) VALUES (?1, ?2)
+             ON CONFLICT (conversation) DO UPDATE SET at = excluded.at",
+            params![&id.as_bytes()[..], i(at)],
+        )?;
+        Ok(())
+    }
+
+    /// Makes every conversation due for a self-update (a device of this account was
+    /// removed: keys it may have seen are replaced at once).
+    pub fn make_self_updates_due(&self) -> Result<(), ClientError> {
+        self.tx.execute("UPDATE self_updates SET at = 0", [])?;
+        self.tx.execute(
+            "INSERT OR IGNORE INTO self_updates (conversation, at)
+             SELECT id, 0 FROM conversations WHERE active = 1",
+            [],
+        )?;
+        Ok(())
+    }
+
     pub fn mark_roster_to_check(&self, id: ConversationId) -> Result<(), ClientError> {
         self.tx.execute(
             "INSERT OR IGNORE INTO rosters_to_check (conversation) VALUES (?1)",

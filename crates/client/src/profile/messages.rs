@@ -192,11 +192,42 @@ impl ProfileTx<'_> {
     }
 
     /// Deletes messages whose disappearing time has passed; returns how many.
-    pub fn delete_expired(&self, now: u64) -> Result<u64, ClientError> {
-        let n = self.tx.execute(
+    pub fn delete_expired(
+        &self,
+        now: u64,
+    ) -> Result<(usize, Vec<std::path::PathBuf>), ClientError> {
+        // Every copy goes: the row, reactions to it, and events queued for the UI that
+        // still carry its text. The database overwrites what it deletes
+        // (`secure_delete`); the caller deletes the returned saved attachment files
+        // and checkpoints the WAL after the commit.
+        let expired: Vec<(Vec<u8>, String, Option<String>)> = {
+            let mut stmt = self.tx.prepare(
+                "SELECT conversation, id, attachment FROM messages
+                 WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+            )?;
+            let rows = stmt.query_map([i(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut files = Vec::new();
+        for (conversation, id, attachment) in &expired {
+            self.tx.execute(
+                "DELETE FROM reactions WHERE conversation = ?1 AND target = ?2",
+                params![conversation, id],
+            )?;
+            self.tx.execute(
+                "DELETE FROM queued_events WHERE instr(json, ?1) > 0",
+                [format!("\"id\":\"{id}\"")],
+            )?;
+            let saved = attachment
+                .as_deref()
+                .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok())
+                .and_then(|a| a["path"].as_str().map(std::path::PathBuf::from));
+            files.extend(saved);
+        }
+        self.tx.execute(
             "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?1",
             [i(now)],
         )?;
-        Ok(n as u64)
+        Ok((expired.len(), files))
     }
 }

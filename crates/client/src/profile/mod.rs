@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 CREATE TABLE IF NOT EXISTS pending_proposals (conversation BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS rosters_to_check (conversation BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS self_updates (conversation BLOB PRIMARY KEY, at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS queued_events (id INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -168,6 +169,9 @@ impl Profile {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted rows (expired disappearing messages) are overwritten, not left in
+        // free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(Self { conn })
@@ -188,6 +192,15 @@ impl Profile {
         };
         tx.commit()?;
         Ok(value)
+    }
+
+    /// Copies the WAL into the database and empties it, so that deleted rows leave
+    /// no copy in the WAL file. Best effort: a reader holding a snapshot can keep the
+    /// WAL from being emptied until the next call.
+    pub fn checkpoint(&mut self) -> Result<(), ClientError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Runs `work` on a read snapshot.

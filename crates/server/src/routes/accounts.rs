@@ -227,10 +227,10 @@ pub async fn publish_devices(
             state.clock().now(),
         )
         .await?;
-    // Not told: the publisher, removed devices, and a new device (it fetches the
-    // list itself when it starts).
+    // Not told: removed devices, and a new device (it fetches the list itself when
+    // it starts). The publisher is told too: a stolen copy of the primary publishes
+    // under the same device id, and the real primary must hear of it.
     let mut not_told = removed.clone();
-    not_told.push(caller.device);
     not_told.extend(new.first().copied());
     notify_directory(&state, &caller.username, &not_told).await;
     remove_devices(&state, &caller.username, &removed).await?;
