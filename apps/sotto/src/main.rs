@@ -603,8 +603,8 @@ fn members_lines(
     by: &Username,
     added: &[(Username, DeviceId)],
     removed: &[(Username, DeviceId)],
-    linked: &[sotto_client::DeviceChange],
-    unlinked: &[sotto_client::DeviceChange],
+    linked: &[sotto_client::MemberDevice],
+    unlinked: &[sotto_client::MemberDevice],
 ) -> String {
     let users = |l: &[(Username, DeviceId)]| {
         let mut names: Vec<String> = l.iter().map(|(u, _)| u.to_string()).collect();
@@ -1100,10 +1100,23 @@ async fn group(client: &Client, j: bool, command: GroupCommand) -> Result<(), Fa
         GroupCommand::Members { conversation } => {
             let id = client.find_conversation(&conversation).await?;
             let members = client.members(id).await?;
+            let names: std::collections::HashMap<sotto_client::DeviceId, String> = client
+                .member_devices(id)?
+                .into_iter()
+                .map(|d| (d.device, d.name))
+                .collect();
+            let named = |d: &sotto_client::DeviceId| {
+                let name = names.get(d).map(String::as_str).unwrap_or_default();
+                format!("{d} ({})", shown(name))
+            };
             if j {
                 let list: Vec<Value> = members
                     .iter()
-                    .map(|(u, ds)| json!({"user": u.to_string(), "devices": ds.iter().map(ToString::to_string).collect::<Vec<_>>()}))
+                    .map(|(u, ds)| json!({
+                        "user": u.to_string(),
+                        "devices": ds.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "device_names": ds.iter().map(|d| names.get(d).cloned().unwrap_or_default()).collect::<Vec<_>>(),
+                    }))
                     .collect();
                 println!(
                     "{}",
@@ -1111,7 +1124,7 @@ async fn group(client: &Client, j: bool, command: GroupCommand) -> Result<(), Fa
                 );
             } else {
                 for (u, ds) in members {
-                    let ds: Vec<String> = ds.iter().map(ToString::to_string).collect();
+                    let ds: Vec<String> = ds.iter().map(named).collect();
                     println!("{u}: {}", ds.join(", "));
                 }
             }

@@ -18,7 +18,7 @@ mod profile;
 mod transport;
 
 pub use client::{
-    Client, ConversationSummary, DeviceChange, Event, Recipient, Registered, Sent, WhoAmI,
+    Client, ConversationSummary, Event, MemberDevice, Recipient, Registered, Sent, WhoAmI,
 };
 pub use devices::DeviceInfo;
 pub use error::ClientError;

@@ -745,16 +745,7 @@ impl Conversation {
         devices: &[DeviceId],
     ) -> Result<OutgoingCommit, ConversationError> {
         self.ensure_no_pending_commit()?;
-        let roster = self.roster()?;
-        let mut leaves = Vec::with_capacity(devices.len());
-        for d in devices {
-            let entry = roster
-                .entries
-                .iter()
-                .find(|e| e.device_id == *d)
-                .ok_or_else(|| ConversationError::NotAMember(format!("device {d}")))?;
-            leaves.push(LeafNodeIndex::new(entry.leaf));
-        }
+        let leaves = self.leaves_of(devices)?;
         if leaves.is_empty() {
             return Err(ConversationError::NotAMember("nobody to remove".into()));
         }
@@ -763,6 +754,60 @@ impl Conversation {
             .remove_members(provider, me.signer(), &leaves)
             .map_err(mls)?;
         self.outgoing(commit, welcome)
+    }
+
+    /// Adds devices from claimed key packages and removes `remove` in one commit:
+    /// how a conversation follows a member's device list when devices came and went
+    /// at once (a recovered account, a contact's new identity accepted). One commit
+    /// keeps the removed leaves out of the Welcome's tree, so the new devices never
+    /// see (and never have to judge) the devices they replace.
+    pub fn replace_devices<P: MlsProvider>(
+        &mut self,
+        provider: &P,
+        me: &LocalDevice,
+        trust: &mut dyn TrustStore,
+        claimed: &[ClaimedKeyPackage],
+        remove: &[DeviceId],
+    ) -> Result<OutgoingCommit, ConversationError> {
+        self.ensure_no_pending_commit()?;
+        if claimed.is_empty() && remove.is_empty() {
+            return Err(ConversationError::NotAMember("nothing to change".into()));
+        }
+        let kps: Vec<KeyPackage> = self
+            .checked_key_packages(provider, trust, claimed)?
+            .into_iter()
+            .map(|(_, kp)| kp)
+            .collect();
+        let leaves = self.leaves_of(remove)?;
+        let bundle = self
+            .group
+            .commit_builder()
+            .propose_adds(kps)
+            .propose_removals(leaves)
+            .load_psks(provider.storage())
+            .map_err(mls)?
+            .build(provider.rand(), provider.crypto(), me.signer(), |_| true)
+            .map_err(mls)?
+            .stage_commit(provider)
+            .map_err(mls)?;
+        let (commit, welcome, _) = bundle.into_messages();
+        self.outgoing(commit, welcome)
+    }
+
+    /// The leaves of member devices; an unknown device is an error.
+    fn leaves_of(&self, devices: &[DeviceId]) -> Result<Vec<LeafNodeIndex>, ConversationError> {
+        let roster = self.roster()?;
+        devices
+            .iter()
+            .map(|d| {
+                roster
+                    .entries
+                    .iter()
+                    .find(|e| e.device_id == *d)
+                    .map(|e| LeafNodeIndex::new(e.leaf))
+                    .ok_or_else(|| ConversationError::NotAMember(format!("device {d}")))
+            })
+            .collect()
     }
 
     /// Leaves: Remove proposals for every device of this account in the group (MLS

@@ -31,14 +31,14 @@ pub(super) fn members_event(
     let (mut added, mut linked, mut removed, mut unlinked) = (vec![], vec![], vec![], vec![]);
     for e in &change.added {
         if stays(&e.username, &change.added) {
-            linked.push(DeviceChange::of(e));
+            linked.push(MemberDevice::of(e));
         } else {
             added.push((e.username.clone(), e.device_id));
         }
     }
     for e in &change.removed {
         if stays(&e.username, &[]) {
-            unlinked.push(DeviceChange::of(e));
+            unlinked.push(MemberDevice::of(e));
         } else {
             removed.push((e.username.clone(), e.device_id));
         }

@@ -363,6 +363,13 @@ impl Client {
         self.write(|tx| tx.deactivate(id))
     }
 
+    /// The member devices of a conversation as this device holds it (no network),
+    /// with their names.
+    pub fn member_devices(&self, id: ConversationId) -> Result<Vec<MemberDevice>, ClientError> {
+        let roster = self.read(|tx| Ok(load(tx, id)?.roster()?))?;
+        Ok(roster.devices().iter().map(MemberDevice::of).collect())
+    }
+
     /// The members of a conversation: users and their devices (after catching up).
     pub async fn members(
         &self,

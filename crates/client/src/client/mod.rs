@@ -115,10 +115,10 @@ pub enum Event {
         /// Devices added for members who were here already (a device they linked,
         /// or the device they recovered their account on).
         #[serde(default)]
-        linked: Vec<DeviceChange>,
+        linked: Vec<MemberDevice>,
         /// Devices removed from members who stay (a device they unlinked).
         #[serde(default)]
-        unlinked: Vec<DeviceChange>,
+        unlinked: Vec<MemberDevice>,
         /// True if this device was removed.
         removed_me: bool,
     },
@@ -162,9 +162,9 @@ pub enum Event {
     },
 }
 
-/// One device of a member that was linked or unlinked.
+/// One device of a member: in a conversation, or linked or unlinked.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DeviceChange {
+pub struct MemberDevice {
     /// The member.
     pub user: Username,
     /// The device.
@@ -173,8 +173,8 @@ pub struct DeviceChange {
     pub name: String,
 }
 
-impl DeviceChange {
-    fn of(e: &sotto_core::RosterEntry) -> Self {
+impl MemberDevice {
+    pub(crate) fn of(e: &sotto_core::RosterEntry) -> Self {
         Self {
             user: e.username.clone(),
             device: e.device_id,
@@ -375,6 +375,7 @@ impl Client {
         self.catch_up().await?;
         self.commit_pending_proposals().await?;
         self.self_update_due().await?;
+        self.check_own_list().await?;
         self.take_events()
     }
 }

@@ -126,21 +126,51 @@ impl Client {
                 })
                 .collect();
             to_add.dedup();
-            if !to_add.is_empty() {
-                let devices: Vec<DeviceId> = missing.iter().map(|(_, d)| *d).collect();
-                match self.add_listed(account, id, &to_add, &devices).await? {
-                    AddOutcome::Added | AddOutcome::LostRace => {}
-                    AddOutcome::NoKeyPackages => unaddable.extend(to_add),
-                }
-                continue;
+            let wanted: Vec<DeviceId> = missing.iter().map(|(_, d)| *d).collect();
+            let claimed = self.claim_listed(account, &to_add, &wanted).await?;
+            if !to_add.is_empty() && claimed.is_empty() {
+                // Not on the server yet (a device that just recovered uploads its
+                // KeyPackages right after): the next sync tries again.
+                unaddable.extend(to_add);
             }
-            if unlisted.is_empty() {
+            // A member none of whose devices here is current (recovered, or a new
+            // identity accepted) keeps the old ones until the new ones can come in
+            // the same commit: removing them alone would drop the member.
+            let replaced_later = |user: &Username| {
+                roster
+                    .devices()
+                    .iter()
+                    .filter(|e| &e.username == user)
+                    .all(|e| unlisted.iter().any(|u| u.device_id == e.device_id))
+                    && !claimed.iter().any(|c| &c.username == user)
+            };
+            let unlisted: Vec<_> = unlisted
+                .iter()
+                .filter(|e| !replaced_later(&e.username))
+                .cloned()
+                .collect();
+            if claimed.is_empty() && unlisted.is_empty() {
                 break;
             }
-            let devices: Vec<DeviceId> = unlisted.iter().map(|e| e.device_id).collect();
+            // Added and removed in one commit: the new devices' Welcome never shows
+            // them the devices they replace.
+            let removed: Vec<DeviceId> = unlisted.iter().map(|e| e.device_id).collect();
             let out = self.write(|tx| {
-                Ok(load(tx, id)?.remove_devices(&tx.provider(), &account.device, &devices)?)
-            })?;
+                Ok(load(tx, id)?.replace_devices(
+                    &tx.provider(),
+                    &account.device,
+                    &mut tx.trust(),
+                    &claimed,
+                    &removed,
+                )?)
+            });
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    self.record_security(Some(id), &e);
+                    return Err(e);
+                }
+            };
             let now = self.now();
             let events: Vec<Event> = unlisted
                 .iter()
@@ -188,15 +218,14 @@ impl Client {
         }
     }
 
-    /// Adds `devices` of `users` (devices their lists name that are not members): one
-    /// KeyPackage claimed per device, the engine admitting only listed devices.
-    async fn add_listed(
+    /// Claims one KeyPackage for each of `devices` (devices of `users` their lists
+    /// name that are not members); the engine then admits only listed devices.
+    async fn claim_listed(
         &self,
         account: &Account,
-        id: ConversationId,
         users: &[Username],
         devices: &[DeviceId],
-    ) -> Result<AddOutcome, ClientError> {
+    ) -> Result<Vec<ClaimedKeyPackage>, ClientError> {
         let mut claimed = Vec::new();
         for user in users {
             for (device, bytes) in self.transport.claim(&account.token, user).await? {
@@ -208,29 +237,7 @@ impl Client {
                 }
             }
         }
-        if claimed.is_empty() {
-            return Ok(AddOutcome::NoKeyPackages);
-        }
-        let out = self.write(|tx| {
-            Ok(load(tx, id)?.add_devices(
-                &tx.provider(),
-                &account.device,
-                &mut tx.trust(),
-                &claimed,
-            )?)
-        });
-        let out = match out {
-            Ok(out) => out,
-            Err(e) => {
-                self.record_security(Some(id), &e);
-                return Err(e);
-            }
-        };
-        Ok(if self.submit_commit(account, id, out).await? {
-            AddOutcome::Added
-        } else {
-            AddOutcome::LostRace
-        })
+        Ok(claimed)
     }
 
     /// Checks, before a send, that every other member can read it: nobody whose
@@ -286,7 +293,21 @@ impl Client {
     /// keys are refreshed where due.
     pub(crate) async fn housekeeping(&self) -> Result<(), ClientError> {
         self.purge_expired()?;
-        self.self_update_due().await
+        self.self_update_due().await?;
+        self.check_own_list().await
+    }
+
+    /// Compares this account's list in the directory with the one this device
+    /// holds. A copy of this device's profile shares its mailbox and can take the
+    /// directory notice of what it published; this look-up cannot be taken away. On
+    /// the primary, a list it did not sign is reported (a security event).
+    pub(crate) async fn check_own_list(&self) -> Result<(), ClientError> {
+        let account = self.account()?;
+        match self.refresh_device_list(&account, &account.username).await {
+            // A list under a revoked key or other refusal was reported as an event.
+            Ok(_) | Err(ClientError::Refused(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Refreshes this device's leaf (a commit with a new path secret) in every
@@ -449,14 +470,6 @@ pub(crate) enum Adds {
     Designated,
     /// This client, whoever is designated (before a send, after a trust decision).
     Any,
-}
-
-/// What an attempt to add listed devices did.
-enum AddOutcome {
-    Added,
-    LostRace,
-    /// None of the devices has a KeyPackage on the server yet.
-    NoKeyPackages,
 }
 
 /// The one member device that adds `user`'s missing devices during background
