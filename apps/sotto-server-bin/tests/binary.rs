@@ -1,6 +1,8 @@
 //! Runs the real `sotto-server` binary: start-up line, health check, SIGTERM, bad config.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -184,4 +186,39 @@ fn serves_https_with_tls_flags_and_refuses_bad_tls_files_with_exit_2() {
         .unwrap();
     assert!(status.success());
     assert!(child.wait().unwrap().success());
+}
+
+/// `sotto-server admin release-username`: against the data of a running server, it
+/// deletes the account (its token stops working), says so, and frees the name; an
+/// unknown name is a clear failure.
+#[test]
+fn admin_release_username_frees_the_name_of_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path(), &[]);
+    let bob = common::register(&server.addr, "bob", 7);
+    let admin = |user: &str| {
+        binary()
+            .args(["--data-dir"])
+            .arg(dir.path())
+            .args(["admin", "release-username", user])
+            .env_remove("SOTTO_DATA_DIR")
+            .output()
+            .unwrap()
+    };
+    let out = admin("bob");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("released bob"));
+    let (status, _) =
+        common::http(&server.addr, "GET", "/v1/mailbox", Some(&bob.token), None).unwrap();
+    assert_eq!(status, 401, "the released account's token is dead");
+    // The name can be registered again, with another key.
+    common::register(&server.addr, "bob", 8);
+    let out = admin("nobody");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no account named nobody"));
+    drop(server);
 }

@@ -338,9 +338,27 @@ fn help_documents_exit_codes() {
         "edit",
         "delete",
         "disappearing",
+        "recover",
+        "trust",
+        "devices",
     ] {
         assert!(help.contains(cmd), "--help lacks {cmd}");
     }
+    for code in [
+        "7  the recipient's safety number changed",
+        "8  the recipient has no current device",
+    ] {
+        assert!(help.contains(code), "--help lacks exit code {code}");
+    }
+    let register = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .args(["register", "--help"])
+        .output()
+        .unwrap();
+    let register = String::from_utf8(register.stdout).unwrap();
+    assert!(
+        register.contains("--device-name") && register.contains("recovery key"),
+        "{register}"
+    );
 }
 
 /// `receive` is SIGKILLed at random moments while messages arrive; afterwards every
@@ -639,4 +657,120 @@ fn peer_text_is_shown_escaped_and_cannot_forge_lines() {
     assert_eq!(history.lines().count(), 1, "{history:?}");
     let json = bob.ok(&["history", "alice"]);
     assert_eq!(json[0]["text"], forged);
+}
+
+/// Issue 12: a lost phone comes back with the recovery key. `register` shows the key
+/// once; `recover` on a new profile restores the account (a wrong or mistyped key is
+/// refused); the contact is told and the conversation continues on the new device.
+#[test]
+fn a_lost_phone_comes_back_with_the_recovery_key() {
+    let server = TestServer::start().unwrap();
+    let alice = Profile::new(&server, "alice");
+    let bob = Profile::new(&server, "bob");
+    let carol = Profile::new(&server, "carol");
+    let registered = alice.one(&["register", "alice", "--device-name", "phone"]);
+    let key = registered["recovery_key"].as_str().unwrap().to_owned();
+    assert_eq!(key.len(), 65, "{key}");
+    let human = carol.human(&["register", "carol"]);
+    assert!(human.contains("recovery key"), "{human}");
+    let carol_key = human
+        .lines()
+        .find(|l| l.starts_with("    "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    bob.one(&["register", "bob"]);
+    alice.one(&["send", "bob", "hello bob"]);
+    bob.ok(&["receive"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let new_phone = Profile::new(&server, "alice-new");
+    let typo = write(
+        "typo",
+        &key.replacen(&key[..1], if &key[..1] == "A" { "B" } else { "A" }, 1),
+    );
+    let err = new_phone.fails(&["recover", "alice", "--recovery-key-file", &typo], 2);
+    assert!(err.contains("typo"), "{err}");
+    let wrong = write("wrong", &carol_key);
+    let err = new_phone.fails(&["recover", "alice", "--recovery-key-file", &wrong], 5);
+    assert!(err.contains("not alice's"), "{err}");
+    let right = write("right", &key);
+    let back = new_phone.one(&[
+        "recover",
+        "alice",
+        "--recovery-key-file",
+        &right,
+        "--device-name",
+        "new phone",
+    ]);
+    assert_eq!(back["recovered"], true);
+    assert_eq!(new_phone.one(&["whoami"])["primary"], true);
+
+    let lines = bob.ok(&["receive"]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "contact"
+                && l["detail"].as_str().unwrap().contains("re-established")),
+        "{lines:?}"
+    );
+    bob.one(&["send", "alice", "welcome back"]);
+    let got = new_phone.ok(&["receive"]);
+    assert_eq!(texts(&got), [("bob".to_owned(), "welcome back".to_owned())]);
+    // The lost phone, if found, is no longer the account's.
+    alice.fails(&["send", "bob", "still me?"], 1);
+}
+
+/// Issue 12: a lost phone without the recovery key. The operator releases the name;
+/// until bob registers again, sends to him fail with exit 8; after, with exit 7 and
+/// a message that says what to do; `safety-number` shows the new number; `trust`
+/// accepts it and the existing conversation continues with bob's new device.
+#[test]
+fn a_lost_phone_without_the_recovery_key_comes_back_through_trust() {
+    let server = TestServer::start().unwrap();
+    let alice = Profile::new(&server, "alice");
+    let bob = Profile::new(&server, "bob");
+    alice.one(&["register", "alice"]);
+    bob.one(&["register", "bob"]);
+    let conv = alice.one(&["send", "bob", "hello bob"])["conversation"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.ok(&["receive"]);
+
+    server.release_username("bob").unwrap();
+    let lines = alice.ok(&["receive"]);
+    assert!(
+        lines.iter().any(|l| l["event"] == "contact"
+            && l["detail"].as_str().unwrap().contains("no longer exists")),
+        "{lines:?}"
+    );
+    let err = alice.fails(&["send", "bob", "are you there?"], 8);
+    assert!(err.contains("no longer exists"), "{err}");
+
+    let bob2 = Profile::new(&server, "bob-new");
+    bob2.one(&["register", "bob"]);
+    let err = alice.fails(&["send", "bob", "is it you?"], 7);
+    assert!(
+        err.contains("safety number changed") && err.contains("sotto trust USER"),
+        "{err}"
+    );
+    let numbers = alice.one(&["safety-number", "bob"]);
+    assert!(numbers["new_safety_number"].is_string(), "{numbers}");
+    assert_ne!(numbers["new_safety_number"], numbers["safety_number"]);
+
+    let trusted = alice.one(&["trust", "bob"]);
+    assert_eq!(trusted["new_key"], true);
+    let sent = alice.one(&["send", "bob", "welcome back, bob"]);
+    assert_eq!(sent["conversation"], conv.as_str(), "the same conversation");
+    let got = bob2.ok(&["receive"]);
+    assert_eq!(
+        texts(&got),
+        [("alice".to_owned(), "welcome back, bob".to_owned())]
+    );
 }

@@ -173,6 +173,22 @@ impl TestServer {
         &self.state
     }
 
+    /// What `sotto-server admin release-username` does, for tests that drive the
+    /// server in process: deletes the account and its devices and tells its contacts.
+    pub fn release_username(&self, username: &str) -> Result<(), String> {
+        let name = sotto_proto::Username::parse(username).map_err(|e| e.to_string())?;
+        let store = Arc::clone(self.state.store());
+        let now = sotto_server::Clock::now(&SystemClock);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime
+            .block_on(store.release_account(&name, now))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// The server's data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
