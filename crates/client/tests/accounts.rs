@@ -393,3 +393,130 @@ fn grep_dir(dir: &Path, needle: &[u8]) -> bool {
         }
     })
 }
+
+/// Issue 12, item 5: each device refreshes its own keys (a self-update commit) in a
+/// conversation with traffic at least once a day, never in a quiet one, and at once
+/// after a device of its account was removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_self_update_daily_where_active_and_at_once_after_a_removal() {
+    let (server, store) = TestServer::start_lying().unwrap();
+    let url = server.url();
+    let now = Arc::new(AtomicU64::new(1_900_000_000_000));
+    let with_clock = |mut client: Client| {
+        let clock = now.clone();
+        client.set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+        client
+    };
+    let alice_home = tempfile::tempdir().unwrap();
+    let alice = with_clock(Client::open(alice_home.path(), url).unwrap());
+    alice.register(&name("alice"), "phone").await.unwrap();
+    let bob_home = tempfile::tempdir().unwrap();
+    let bob = with_clock(Client::open(bob_home.path(), url).unwrap());
+    bob.register(&name("bob"), "phone").await.unwrap();
+    let conv = alice
+        .send_text(name("bob"), "hello")
+        .await
+        .unwrap()
+        .conversation;
+    bob.sync().await.unwrap();
+    let epoch = || async { store.inner().group(conv).await.unwrap().unwrap().epoch };
+    let start = epoch().await;
+    alice.sync().await.unwrap();
+    assert_eq!(epoch().await, start, "not due yet");
+
+    const DAY_MS: u64 = 86_400_000;
+    now.fetch_add(DAY_MS / 2, Ordering::SeqCst);
+    bob.send_text(conv, "midday").await.unwrap();
+    now.fetch_add(DAY_MS / 2 + 60_000, Ordering::SeqCst);
+    alice.sync().await.unwrap();
+    assert_eq!(epoch().await, start + 1, "alice refreshed her keys");
+    bob.sync().await.unwrap();
+    assert_eq!(epoch().await, start + 2, "and so did bob");
+    assert_eq!(
+        texts(&bob, conv),
+        ["hello", "midday"],
+        "and nothing else shows"
+    );
+
+    // A quiet day: nobody updates.
+    now.fetch_add(DAY_MS + 60_000, Ordering::SeqCst);
+    alice.sync().await.unwrap();
+    bob.sync().await.unwrap();
+    assert_eq!(epoch().await, start + 2);
+
+    // bob unlinks a laptop: he commits its removal, then refreshes his own keys.
+    let (laptop, _l) = link(url, &bob, "laptop").await;
+    laptop.sync().await.unwrap();
+    let linked = epoch().await;
+    bob.remove_device(laptop.whoami().unwrap().device_id)
+        .await
+        .unwrap();
+    assert_eq!(epoch().await, linked + 2, "removal, then a self-update");
+}
+
+/// Issue 12, third demonstration: `devices remove` left the device in groups whose
+/// local roster did not show it. Here alice's phone has not even seen the group carol
+/// made with her laptop in it; carol's client learns of alice's new list from the
+/// server's notice and removes the laptop before anything more is said there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_reaches_a_group_the_removers_roster_does_not_show() {
+    let server = TestServer::start().unwrap();
+    let url = server.url();
+    let (alice, _a) = register(url, "alice").await;
+    let (carol, _c) = register(url, "carol").await;
+    let (laptop, _l) = link(url, &alice, "laptop").await;
+    let club = carol.create_group("club", &[name("alice")]).await.unwrap();
+    laptop.sync().await.unwrap();
+    assert!(members(&carol, club).contains(&("alice".to_owned(), "laptop".to_owned())));
+
+    // alice's phone never gets the Welcome (its mailbox is emptied behind its back):
+    // it has no roster of "club" at all.
+    discard_mailbox(url, _a.path()).await;
+    alice
+        .remove_device(laptop.whoami().unwrap().device_id)
+        .await
+        .unwrap();
+    assert!(matches!(
+        alice.member_devices(club),
+        Err(ClientError::UnknownConversation(_))
+    ));
+    let events = carol.sync().await.unwrap();
+    assert!(
+        !members(&carol, club).iter().any(|(_, n)| n == "laptop"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Members { by, unlinked, .. }
+            if by.as_str() == "carol" && unlinked.iter().any(|d| d.name == "laptop"))),
+        "carol's client made the removal: {events:?}"
+    );
+    carol
+        .send_text(club, "laptop must not read this")
+        .await
+        .unwrap();
+    assert!(laptop.sync().await.is_err());
+    assert!(!texts(&laptop, club).contains(&"laptop must not read this".to_owned()));
+}
+
+/// Acks everything in the mailbox of the device whose profile is in `home`, without
+/// processing it (a device that lost those entries).
+async fn discard_mailbox(url: &str, home: &Path) {
+    let db = rusqlite::Connection::open(home.join("profile.db")).unwrap();
+    let token: Vec<u8> = db
+        .query_row("SELECT value FROM meta WHERE key = 'token'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let token = String::from_utf8(token).unwrap();
+    let http = reqwest::Client::new();
+    http.post(format!("{url}/v1/mailbox/ack"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"up_to": u64::MAX >> 1}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+}

@@ -219,6 +219,14 @@ fn updates<P: sotto_core::MlsProvider>(c: &mut Criterion, stack: &str, make: fn(
         p.a.process(&p.alice.provider, &mut p.alice.trust, &out.commit)
             .unwrap();
     }
+    // The size of one self-update commit, for the daily-update traffic estimate in
+    // docs/PERFORMANCE.md (every member sends one a day; each goes to every member).
+    let sample = p.a.self_update(&p.alice.provider, &p.alice.local).unwrap();
+    p.a.discard_commit(&p.alice.provider).unwrap();
+    eprintln!(
+        "self-update/{stack}/1000: one commit is {} bytes",
+        sample.commit.len()
+    );
     let mut group = c.benchmark_group(format!("self-update/{stack}/1000"));
     group.sample_size(20);
     group.bench_function("create", |b| {

@@ -175,6 +175,54 @@ fn signed_by(
     }
 }
 
+/// The fields of a signed structure: its domain label, encoding version and encoding.
+/// Every signed structure travels as `version ‖ fields ‖ signature` and is signed over
+/// `label ‖ fields`.
+trait Signable: Sized {
+    const LABEL: &'static [u8];
+    const VERSION: u8;
+    const WHAT: &'static str;
+    fn encode_fields(&self, w: &mut Writer);
+    fn read_fields(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
+
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.bytes16(Self::LABEL);
+        self.encode_fields(&mut w);
+        w.finish()
+    }
+}
+
+/// `version ‖ fields ‖ signature`.
+fn encode_signed<F: Signable>(fields: &F, signature: &[u8; 64]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(F::VERSION);
+    fields.encode_fields(&mut w);
+    w.raw(signature);
+    w.finish()
+}
+
+/// Reads `version ‖ fields ‖ signature` (nothing verified).
+fn read_signed<F: Signable>(r: &mut Reader<'_>) -> Result<(F, [u8; 64]), DecodeError> {
+    let version = r.u8(F::WHAT)?;
+    if version != F::VERSION {
+        return Err(DecodeError::UnknownVersion {
+            what: F::WHAT,
+            version,
+        });
+    }
+    let fields = F::read_fields(r)?;
+    Ok((fields, r.array("signature")?))
+}
+
+/// Decodes exactly one signed structure from `bytes`.
+fn decode_signed<F: Signable>(bytes: &[u8]) -> Result<(F, [u8; 64]), DecodeError> {
+    let mut r = Reader::new(bytes);
+    let decoded = read_signed(&mut r)?;
+    r.finish()?;
+    Ok(decoded)
+}
+
 /// The root's statement "generation `generation` of `username`'s account key is
 /// `account_key`": the key that certifies devices and signs device lists until a
 /// higher generation replaces it.
@@ -202,11 +250,14 @@ pub struct AccountKeyFields {
 impl AccountKeyFields {
     /// The exact bytes the root key signs.
     pub fn to_be_signed(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.bytes16(ACCOUNT_LABEL);
-        self.encode_fields(&mut w);
-        w.finish()
+        self.signed_bytes()
     }
+}
+
+impl Signable for AccountKeyFields {
+    const LABEL: &'static [u8] = ACCOUNT_LABEL;
+    const VERSION: u8 = ACCOUNT_VERSION;
+    const WHAT: &'static str = "account key certificate";
 
     fn encode_fields(&self, w: &mut Writer) {
         w.bytes16(self.username.as_str().as_bytes())
@@ -214,6 +265,16 @@ impl AccountKeyFields {
             .raw(self.account_key.as_bytes())
             .u64(self.generation)
             .u64(self.created_at);
+    }
+
+    fn read_fields(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            username: read_username(r)?,
+            identity_key: IdentityPublicKey(r.array("identity key")?),
+            account_key: IdentityPublicKey(r.array("account key")?),
+            generation: r.u64("generation")?,
+            created_at: r.u64("created at")?,
+        })
     }
 }
 
@@ -256,39 +317,13 @@ impl AccountKeyCertificate {
 
     /// Canonical encoding: version, fields, signature.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u8(ACCOUNT_VERSION);
-        self.fields.encode_fields(&mut w);
-        w.raw(&self.signature);
-        w.finish()
+        encode_signed(&self.fields, &self.signature)
     }
 
     /// Decodes (does not verify) an account-key certificate.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(bytes);
-        let cert = Self::read(&mut r)?;
-        r.finish()?;
-        Ok(cert)
-    }
-
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let version = r.u8("account key certificate version")?;
-        if version != ACCOUNT_VERSION {
-            return Err(DecodeError::UnknownVersion {
-                what: "account key certificate",
-                version,
-            });
-        }
-        Ok(Self {
-            fields: AccountKeyFields {
-                username: read_username(r)?,
-                identity_key: IdentityPublicKey(r.array("identity key")?),
-                account_key: IdentityPublicKey(r.array("account key")?),
-                generation: r.u64("generation")?,
-                created_at: r.u64("created at")?,
-            },
-            signature: r.array("signature")?,
-        })
+        let (fields, signature) = decode_signed(bytes)?;
+        Ok(Self { fields, signature })
     }
 }
 
@@ -329,11 +364,14 @@ pub struct CertificateFields {
 impl CertificateFields {
     /// The exact bytes the account key signs.
     pub fn to_be_signed(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.bytes16(CERT_LABEL);
-        self.encode_fields(&mut w);
-        w.finish()
+        self.signed_bytes()
     }
+}
+
+impl Signable for CertificateFields {
+    const LABEL: &'static [u8] = CERT_LABEL;
+    const VERSION: u8 = CERT_VERSION;
+    const WHAT: &'static str = "certificate";
 
     fn encode_fields(&self, w: &mut Writer) {
         w.bytes16(self.username.as_str().as_bytes())
@@ -342,6 +380,28 @@ impl CertificateFields {
             .raw(self.account_key.as_bytes())
             .bytes16(self.name.as_bytes())
             .u64(self.created_at);
+    }
+
+    fn read_fields(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let username = read_username(r)?;
+        let device_id = DeviceId::from_bytes(r.array("device id")?);
+        let device_key = r.array("device key")?;
+        let account_key = IdentityPublicKey(r.array("account key")?);
+        let name = r.bytes16("device name")?;
+        if name.len() > MAX_DEVICE_NAME {
+            return Err(DecodeError::Invalid("device name length"));
+        }
+        let name = std::str::from_utf8(name)
+            .map_err(|_| DecodeError::Invalid("device name"))?
+            .to_owned();
+        Ok(Self {
+            username,
+            device_id,
+            device_key,
+            account_key,
+            name,
+            created_at: r.u64("created at")?,
+        })
     }
 }
 
@@ -391,51 +451,13 @@ impl DeviceCertificate {
 
     /// Canonical encoding: version, fields, signature.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u8(CERT_VERSION);
-        self.fields.encode_fields(&mut w);
-        w.raw(&self.signature);
-        w.finish()
+        encode_signed(&self.fields, &self.signature)
     }
 
     /// Decodes (does not verify) a certificate.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(bytes);
-        let cert = Self::read(&mut r)?;
-        r.finish()?;
-        Ok(cert)
-    }
-
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let version = r.u8("certificate version")?;
-        if version != CERT_VERSION {
-            return Err(DecodeError::UnknownVersion {
-                what: "certificate",
-                version,
-            });
-        }
-        let username = read_username(r)?;
-        let device_id = DeviceId::from_bytes(r.array("device id")?);
-        let device_key = r.array("device key")?;
-        let account_key = IdentityPublicKey(r.array("account key")?);
-        let name = r.bytes16("device name")?;
-        if name.len() > MAX_DEVICE_NAME {
-            return Err(DecodeError::Invalid("device name length"));
-        }
-        let name = std::str::from_utf8(name)
-            .map_err(|_| DecodeError::Invalid("device name"))?
-            .to_owned();
-        Ok(Self {
-            fields: CertificateFields {
-                username,
-                device_id,
-                device_key,
-                account_key,
-                name,
-                created_at: r.u64("created at")?,
-            },
-            signature: r.array("signature")?,
-        })
+        let (fields, signature) = decode_signed(bytes)?;
+        Ok(Self { fields, signature })
     }
 }
 
@@ -532,10 +554,37 @@ pub struct DeviceListFields {
 impl DeviceListFields {
     /// The exact bytes the account key signs.
     pub fn to_be_signed(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.bytes16(LIST_LABEL);
-        self.encode_fields(&mut w);
-        w.finish()
+        self.signed_bytes()
+    }
+}
+
+impl Signable for DeviceListFields {
+    const LABEL: &'static [u8] = LIST_LABEL;
+    const VERSION: u8 = LIST_VERSION;
+    const WHAT: &'static str = "device list";
+
+    fn read_fields(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let username = read_username(r)?;
+        let identity_key = IdentityPublicKey(r.array("identity key")?);
+        let (account_fields, account_signature) =
+            decode_signed::<AccountKeyFields>(r.bytes16("account key certificate")?)?;
+        let account = AccountKeyCertificate::from_parts(account_fields, account_signature);
+        let version = r.u64("list version")?;
+        let count = usize::from(r.u16("device count")?);
+        if count > MAX_DEVICES {
+            return Err(DecodeError::Invalid("device count"));
+        }
+        let mut devices = Vec::with_capacity(count);
+        for _ in 0..count {
+            devices.push(DeviceCertificate::from_bytes(r.bytes16("certificate")?)?);
+        }
+        Ok(Self {
+            username,
+            identity_key,
+            account,
+            version,
+            devices,
+        })
     }
 
     fn encode_fields(&self, w: &mut Writer) {
@@ -675,51 +724,13 @@ impl DeviceList {
 
     /// Canonical encoding: version, fields, signature.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u8(LIST_VERSION);
-        self.fields.encode_fields(&mut w);
-        w.raw(&self.signature);
-        w.finish()
+        encode_signed(&self.fields, &self.signature)
     }
 
     /// Decodes (does not verify) a device list.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(bytes);
-        let version = r.u8("device list version")?;
-        if version != LIST_VERSION {
-            return Err(DecodeError::UnknownVersion {
-                what: "device list",
-                version,
-            });
-        }
-        let username = read_username(&mut r)?;
-        let identity_key = IdentityPublicKey(r.array("identity key")?);
-        let mut inner = Reader::new(r.bytes16("account key certificate")?);
-        let account = AccountKeyCertificate::read(&mut inner)?;
-        inner.finish()?;
-        let list_version = r.u64("list version")?;
-        let count = usize::from(r.u16("device count")?);
-        if count > MAX_DEVICES {
-            return Err(DecodeError::Invalid("device count"));
-        }
-        let mut devices = Vec::with_capacity(count);
-        for _ in 0..count {
-            let mut inner = Reader::new(r.bytes16("certificate")?);
-            devices.push(DeviceCertificate::read(&mut inner)?);
-            inner.finish()?;
-        }
-        let signature = r.array("signature")?;
-        r.finish()?;
-        Ok(Self {
-            fields: DeviceListFields {
-                username,
-                identity_key,
-                account,
-                version: list_version,
-                devices,
-            },
-            signature,
-        })
+        let (fields, signature) = decode_signed(bytes)?;
+        Ok(Self { fields, signature })
     }
 }
 

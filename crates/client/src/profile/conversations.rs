@@ -181,8 +181,9 @@ impl ProfileTx<'_> {
     /// Notes that a conversation's members must be checked against their device lists
     /// (after a commit or a Welcome, or when a member's list changed).
     /// Active conversations where this device last refreshed its own keys before
-    /// `before` (a conversation seen for the first time counts from `now`: its leaf
-    /// was made when it joined).
+    /// `before` and that had messages since (a conversation seen for the first time
+    /// counts from `now`: its leaf was made when it joined), or where an update was
+    /// forced.
     pub fn self_updates_due(
         &self,
         before: u64,
@@ -193,10 +194,14 @@ impl ProfileTx<'_> {
              SELECT id, ?1 FROM conversations WHERE active = 1",
             [i(now)],
         )?;
+        // Only where something happened since (a quiet conversation costs nothing),
+        // or where an update was forced (`at = 0`).
         let mut stmt = self.tx.prepare(
             "SELECT s.conversation FROM self_updates s
              JOIN conversations c ON c.id = s.conversation
-             WHERE c.active = 1 AND s.at < ?1",
+             WHERE c.active = 1 AND s.at < ?1
+               AND (s.at = 0 OR EXISTS (SELECT 1 FROM messages m
+                    WHERE m.conversation = s.conversation AND m.received_at > s.at))",
         )?;
         let rows = stmt.query_map([i(before)], |r| r.get::<_, Vec<u8>>(0))?;
         rows.map(|id| conv_id(&id?)).collect()
