@@ -217,27 +217,32 @@ impl Client {
         Ok(request.device_id)
     }
 
-    /// This account's list as this device verified it, after checking that the
-    /// directory serves the same one. On the primary, a newer list it did not sign
-    /// means someone else holds the account key: refused, and reported.
+    /// This account's list as the directory serves it, if it is the last one this
+    /// (primary) device signed. Anything else means someone else holds the account
+    /// key: refused every time, until a recovery, and reported.
     async fn own_list(&self, account: &Account) -> Result<DeviceList, ClientError> {
-        let held = self
-            .read(|tx| tx.device_list_of(&account.username))?
-            .ok_or_else(|| ClientError::Corrupt("this account's own device list".into()))?;
         let served = self
             .transport
             .account(&account.token, &account.username)
             .await?
             .device_list;
-        if served != held {
-            // Accepting it reports it (a security event on the primary); the verified
-            // list decides nothing here either way.
-            let _ = self.refresh_device_list(account, &account.username).await;
+        let signed_here = self.read(|tx| tx.is_own_list_pending(&served.digest()))?;
+        // Verified and held either way (a publication whose answer was lost is
+        // accepted here; a foreign one is reported as a security event).
+        let verified = self.refresh_device_list(account, &account.username).await;
+        if !signed_here {
             return Err(ClientError::ForeignDeviceList {
                 version: served.version(),
             });
         }
-        Ok(held)
+        let verified = verified?;
+        if verified != served {
+            // The directory changed between the two look-ups: try again.
+            return Err(ClientError::Contention {
+                operation: "reading this account's device list",
+            });
+        }
+        Ok(verified)
     }
 
     /// This account's devices, from the signed device list.

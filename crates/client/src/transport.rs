@@ -238,7 +238,10 @@ impl Transport {
             .await
             .map_err(|e| match e.server_code() {
                 Some(ErrorCode::UnknownUser) => ClientError::UnknownUser(username.to_string()),
-                Some(ErrorCode::Forbidden) => ClientError::WrongRecoveryKey(username.to_string()),
+                // Forbidden is a wrong key, unless the server says the time is off.
+                Some(ErrorCode::Forbidden) if !e.to_string().contains("clock") => {
+                    ClientError::WrongRecoveryKey(username.to_string())
+                }
                 _ => e,
             })?;
         self.directory_answer(username, &answer)

@@ -548,6 +548,13 @@ impl Conversation {
         &self,
         trust: &dyn TrustStore,
     ) -> Result<Vec<(Username, DeviceId)>, ConversationError> {
+        // Compared by whole certificate: a leaf that only borrows a listed device's id
+        // (certified by a revoked account key) does not make that device present.
+        let present: Vec<sotto_proto::DeviceCertificate> = self
+            .group
+            .members()
+            .filter_map(|m| certificate_of(&m.credential).ok())
+            .collect();
         let roster = self.roster()?;
         let mut missing = Vec::new();
         for user in roster.users().keys() {
@@ -557,7 +564,7 @@ impl Conversation {
             missing.extend(
                 list.devices()
                     .iter()
-                    .filter(|c| !roster.contains(c.device_id()))
+                    .filter(|c| !present.contains(c))
                     .map(|c| (user.clone(), c.device_id())),
             );
         }
@@ -600,12 +607,15 @@ impl Conversation {
     }
 
     /// Checks claimed key packages: each must be valid MLS, certify the user it was
-    /// claimed for under the trusted identity key, and name a device not yet present.
+    /// claimed for under the trusted identity key, and name a device not yet present
+    /// (devices in `leaving` are removed by the same commit: an impostor holding a
+    /// device's id can be replaced by the real device at once).
     fn checked_key_packages<P: MlsProvider>(
         &self,
         provider: &P,
         trust: &dyn TrustStore,
         claimed: &[ClaimedKeyPackage],
+        leaving: &[DeviceId],
     ) -> Result<Vec<(VerifiedDevice, KeyPackage)>, ConversationError> {
         let roster = self.roster()?;
         let mut out: Vec<(VerifiedDevice, KeyPackage)> = Vec::with_capacity(claimed.len());
@@ -632,7 +642,7 @@ impl Conversation {
                 Listing::Required,
             )
             .map_err(|e| self.distrusted(e))?;
-            if roster.contains(device.device_id)
+            if (roster.contains(device.device_id) && !leaving.contains(&device.device_id))
                 || out.iter().any(|(d, _)| d.device_id == device.device_id)
             {
                 return Err(self.refused(Refusal::DuplicateDevice {
@@ -658,7 +668,7 @@ impl Conversation {
         if claimed.is_empty() {
             return Err(ConversationError::NotAMember("nobody to add".into()));
         }
-        let checked = self.checked_key_packages(provider, trust, claimed)?;
+        let checked = self.checked_key_packages(provider, trust, claimed, &[])?;
         let kps: Vec<KeyPackage> = checked.into_iter().map(|(_, kp)| kp).collect();
         let (commit, welcome, _) = self
             .group
@@ -774,7 +784,7 @@ impl Conversation {
             return Err(ConversationError::NotAMember("nothing to change".into()));
         }
         let kps: Vec<KeyPackage> = self
-            .checked_key_packages(provider, trust, claimed)?
+            .checked_key_packages(provider, trust, claimed, remove)?
             .into_iter()
             .map(|(_, kp)| kp)
             .collect();

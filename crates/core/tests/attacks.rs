@@ -692,3 +692,74 @@ fn a_standalone_add_proposal_is_refused() {
         |r| matches!(r, Refusal::UnsupportedOperation(what) if what.contains("standalone add")),
     );
 }
+
+/// Review of decision 0011: a leaf that borrows a listed device's id but carries a
+/// certificate the list does not hold (made with a revoked account key) must not
+/// count as that device. `missing` still asks for the real device, `unlisted` names
+/// the impostor, and one commit replaces it although both share the id.
+#[test]
+fn a_leaf_borrowing_a_listed_devices_id_does_not_stand_in_for_it() {
+    let mut w = World::new();
+    let alice = w.register("alice", 1)[0];
+    let bob = w.register("bob", 1)[0];
+    let conv = w.create(alice);
+    w.add_users(alice, conv, &["bob"]);
+    // bob recovers: a generation-2 account key certifies a new key under the id of
+    // the device already in the conversation (as a thief with the old key could
+    // also do the other way round).
+    let p = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let bob_name = name("bob");
+    let account2 =
+        AccountKey::generate(p.rand(), &w.users[&bob_name].identity, &bob_name, 2, 5).unwrap();
+    let signer = DeviceSigner::generate(p.rand()).unwrap();
+    let cert = account2.certify_device(bob, signer.public_key(), "new phone", 5);
+    let list = account2.sign_device_list(w.users[&bob_name].list_version + 1, vec![cert.clone()]);
+    let chain = sotto_proto::CertificateChain {
+        account: account2.certificate().clone(),
+        device: cert,
+    };
+    let new_phone = LocalDevice::new(chain, signer).unwrap();
+    let dev = w.devs.get_mut(&alice).unwrap();
+    assert_eq!(
+        sotto_core::accept_device_list(&mut dev.trust, &list).unwrap(),
+        sotto_core::Accepted::AccountKeyRotated { generation: 2 }
+    );
+    let conversation = &dev.convs[&conv];
+    assert_eq!(
+        conversation.missing(&dev.trust).unwrap(),
+        vec![(bob_name.clone(), bob)],
+        "the same id with another certificate is still missing"
+    );
+    assert_eq!(
+        conversation
+            .unlisted(&dev.trust)
+            .unwrap()
+            .iter()
+            .map(|e| e.device_id)
+            .collect::<Vec<_>>(),
+        vec![bob]
+    );
+    let provider =
+        sotto_core::storage::SottoProvider::<sotto_core::storage::MemoryStorage>::default();
+    let kp = sotto_core::generate_key_packages(&provider, &new_phone, &w.config, 1)
+        .unwrap()
+        .one_time
+        .remove(0);
+    let dev = w.devs.get_mut(&alice).unwrap();
+    let conversation = dev.convs.get_mut(&conv).unwrap();
+    conversation
+        .replace_devices(
+            &dev.provider,
+            &dev.local,
+            &mut dev.trust,
+            &[ClaimedKeyPackage {
+                username: bob_name,
+                bytes: kp,
+            }],
+            &[bob],
+        )
+        .unwrap();
+    conversation.confirm_commit(&dev.provider).unwrap();
+    assert!(conversation.missing(&dev.trust).unwrap().is_empty());
+    assert!(conversation.unlisted(&dev.trust).unwrap().is_empty());
+}

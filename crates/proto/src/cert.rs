@@ -676,16 +676,22 @@ impl DeviceList {
     }
 
     /// Refuses a list older than, or conflicting with, the newest one seen, or signed
-    /// under an account key older than the one that signed it (a revoked key).
+    /// under an account key older than the one that signed it (a revoked key). Lists
+    /// are ordered by (account-key generation, version): a newer generation wins
+    /// whatever its version, so a stolen account key that pushed the version up
+    /// cannot outlast a recovery. Lists of another root are a different identity:
+    /// the caller must have refused or accepted that change before (its pin decides),
+    /// so they are refused here as an equivocation.
     pub fn check_not_rollback(&self, seen: Option<&DeviceList>) -> Result<(), CertError> {
         let Some(seen) = seen else {
             return Ok(());
         };
         let username = self.fields.username.clone();
-        // A different root is a different identity: the caller's pin decides, and a
-        // new identity starts a new history.
         if seen.identity_key() != self.identity_key() {
-            return Ok(());
+            return Err(CertError::Equivocation {
+                username,
+                version: self.fields.version,
+            });
         }
         let (seen_generation, offered_generation) =
             (seen.account().generation(), self.account().generation());
@@ -695,6 +701,9 @@ impl DeviceList {
                 seen: seen_generation,
                 offered: offered_generation,
             });
+        }
+        if offered_generation > seen_generation {
+            return Ok(());
         }
         let offered = self.fields.version;
         if offered < seen.version() {

@@ -211,6 +211,18 @@ fn a_list_under_a_revoked_account_key_is_refused() {
             ..
         })
     ));
+    // A stolen account key pushed the version to the top: a recovery still wins.
+    let pushed = old.list(u64::MAX, vec![old.cert(1), old.cert(7)]);
+    recovered.check_not_rollback(Some(&pushed)).unwrap();
+    assert!(pushed.check_not_rollback(Some(&recovered)).is_err());
+    // Another root is another identity: never a continuation of this history.
+    let stranger = Keys::new("alice", 9, 19, 3);
+    assert!(matches!(
+        stranger
+            .list(6, vec![stranger.cert(1)])
+            .check_not_rollback(Some(&recovered)),
+        Err(CertError::Equivocation { .. })
+    ));
     // A second account key claiming the same generation: refused as equivocation.
     let twin = Keys::new("alice", 1, 31, 2);
     assert!(matches!(

@@ -429,6 +429,26 @@ async fn linking_and_removing_devices() {
         "version_not_increasing",
     );
 
+    // A jump in the version (a stolen account key racing to the top of the range so
+    // that a recovery finds no version left): refused, one step at a time only.
+    let (status, body) = h
+        .call(
+            Method::PUT,
+            "/v1/devices",
+            Some(&alice.token),
+            Some(
+                json!({"device_list": alice.identity.list(u64::MAX - 1, &[alice.device, laptop])}),
+            ),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be 3")
+    );
+
     // Two new devices at once: refused.
     let (status, body) = h
         .call(

@@ -70,6 +70,8 @@ impl Client {
         };
         self.write(|tx| {
             tx.save_account(&account)?;
+            // The last list this primary signed, to tell its own from a thief's.
+            tx.set_own_list_pending(&list.digest())?;
             // Our own identity is pinned like any contact's.
             sotto_core::accept_device_list(&mut tx.trust(), list)?;
             Ok(())
@@ -239,6 +241,7 @@ impl Client {
             match sotto_core::accept_device_list(&mut tx.trust(), &list) {
                 Ok(outcome) => {
                     tx.set_gone(user, false)?;
+                    tx.clear_key_changed(user)?;
                     let lost_a_device = before.is_some_and(|b| {
                         b.devices()
                             .iter()
@@ -280,6 +283,21 @@ impl Client {
                     }
                     Ok(Err(ClientError::Refused(refusal)))
                 }
+                Err(sotto_core::TrustError::Refused(refusal)) => {
+                    // Rollback, equivocation, a revoked account key, a bad signature:
+                    // never silent, but said once while it lasts.
+                    let detail = format!("{user}'s device list was refused: {refusal}");
+                    let said = tx.events("security")?.last().map(|(_, d)| d.clone());
+                    if said.as_deref() != Some(detail.as_str()) {
+                        let event = Event::Security {
+                            conversation: None,
+                            detail,
+                        };
+                        tx.record_event(None, "security", &event_detail(&event), now)?;
+                        queue(tx, &[event])?;
+                    }
+                    Ok(Err(ClientError::Refused(refusal)))
+                }
                 Err(e) => Err(ClientError::from(e)),
             }
         })?;
@@ -303,10 +321,13 @@ impl Client {
         }
     }
 
-    /// Accepts `user`'s current identity key and device list from the directory,
-    /// after a safety-number change the person checked: their verification is reset,
-    /// and every conversation with them drops their old devices and gets their new
-    /// ones at once. Answers whether the key was a new one.
+    /// Accepts `user`'s new identity key and device list from the directory, after a
+    /// safety-number change the person checked: their verification is reset, and
+    /// every conversation with them drops their old devices and gets their new ones at
+    /// once. Only the key whose safety number the person could compare
+    /// ([`Client::pending_safety_number`]) is accepted: if the directory now serves
+    /// yet another key, nothing changes and the new one is reported for comparing.
+    /// Answers whether the key was a new one.
     #[tracing::instrument(name = "trust", skip_all)]
     pub async fn trust(&self, user: &Username) -> Result<bool, ClientError> {
         let account = self.account()?;
@@ -319,18 +340,29 @@ impl Client {
             .await?
             .device_list;
         list.verify().map_err(sotto_core::Refusal::from)?;
+        let offered = *list.identity_key();
         let changed = self.write(|tx| {
+            let pending = tx.key_changed(user)?;
             let changed = match tx.contact(user)? {
-                Some((pinned, _)) if pinned != *list.identity_key() => {
-                    tx.accept_identity(user, list.identity_key())?;
+                Some((pinned, _)) if pinned != offered => {
+                    if pending != Some(offered) {
+                        // Not the key the person saw: report it, change nothing.
+                        tx.set_key_changed(user, &offered)?;
+                        return Ok(None);
+                    }
+                    tx.accept_identity(user, &offered)?;
                     true
                 }
                 _ => false,
             };
             sotto_core::accept_device_list(&mut tx.trust(), &list)?;
+            tx.clear_key_changed(user)?;
             tx.set_gone(user, false)?;
-            Ok(changed)
+            Ok(Some(changed))
         })?;
+        let Some(changed) = changed else {
+            return Err(ClientError::SafetyNumberChanged(user.clone()));
+        };
         for id in self.read(|tx| tx.rosters_to_check())? {
             self.reconcile(&account, id, Adds::Any).await?;
         }

@@ -80,6 +80,7 @@ impl Client {
         let me = account.device.device_id();
         let mut refreshed: Vec<Username> = Vec::new();
         let mut unaddable: Vec<Username> = Vec::new();
+        let mut settled = false;
         for _ in 0..COMMIT_RETRIES {
             let state = self.read(|tx| {
                 let conv = load(tx, id)?;
@@ -92,7 +93,10 @@ impl Client {
             });
             let (unlisted, missing, roster) = match state {
                 Ok(Some(state)) => state,
-                Ok(None) => break,
+                Ok(None) => {
+                    settled = true;
+                    break;
+                }
                 Err(ClientError::Engine(ConversationError::DeviceListsNeeded(users))) => {
                     for user in users {
                         self.refresh_for_check(account, &user).await?;
@@ -109,6 +113,7 @@ impl Client {
                 .map(|e| e.username.clone())
                 .filter(|u| !refreshed.contains(u))
                 .collect();
+            stale.sort();
             stale.dedup();
             if !stale.is_empty() {
                 for user in stale {
@@ -125,6 +130,7 @@ impl Client {
                     adds == Adds::Any || designated_adder(&roster, &unlisted, u) == Some(me)
                 })
                 .collect();
+            to_add.sort();
             to_add.dedup();
             let wanted: Vec<DeviceId> = missing.iter().map(|(_, d)| *d).collect();
             let claimed = self.claim_listed(account, &to_add, &wanted).await?;
@@ -150,6 +156,7 @@ impl Client {
                 .cloned()
                 .collect();
             if claimed.is_empty() && unlisted.is_empty() {
+                settled = true;
                 break;
             }
             // Added and removed in one commit: the new devices' Welcome never shows
@@ -191,6 +198,13 @@ impl Client {
                 queue(tx, &events)
             })?;
             self.submit_commit(account, id, out).await?;
+        }
+        if !settled {
+            // Still not in line after every retry: stay marked (sending there stays
+            // refused) rather than send to members that should not read.
+            return Err(ClientError::Contention {
+                operation: "bringing the members in line with their device lists",
+            });
         }
         if unaddable.is_empty() {
             self.write(|tx| tx.clear_roster_to_check(id))?;
@@ -254,6 +268,14 @@ impl Client {
             let direct = tx.conversation(id)?.is_some_and(|c| c.kind == "direct");
             Ok((load(tx, id)?.roster()?, direct))
         })?;
+        // Compared by whole certificate: a device is current only if its account's
+        // list holds this very certificate.
+        let unlisted: Vec<DeviceId> = match self.read(|tx| Ok(load(tx, id)?.unlisted(&tx.trust())?))
+        {
+            Ok(entries) => entries.into_iter().map(|e| e.device_id).collect(),
+            Err(ClientError::Engine(ConversationError::DeviceListsNeeded(_))) => Vec::new(),
+            Err(e) => return Err(e),
+        };
         let mut unreachable = Vec::new();
         for (user, devices) in roster.users() {
             if user == account.username {
@@ -274,9 +296,7 @@ impl Client {
             } else if self.read(|tx| tx.is_gone(&user))? {
                 "their account no longer exists on the server".to_owned()
             } else {
-                let list = self.read(|tx| tx.device_list_of(&user))?;
-                let current = list.is_some_and(|l| devices.iter().any(|d| l.device(*d).is_some()));
-                if current {
+                if devices.iter().any(|d| !unlisted.contains(d)) {
                     continue;
                 }
                 "none of their current devices is in this conversation yet".to_owned()

@@ -41,6 +41,15 @@ impl ProfileTx<'_> {
         Ok(())
     }
 
+    /// Forgets an offered key (the directory serves the pinned one again).
+    pub fn clear_key_changed(&self, username: &Username) -> Result<(), ClientError> {
+        self.tx.execute(
+            "UPDATE contacts SET changed_key = NULL WHERE username = ?1",
+            [username.as_str()],
+        )?;
+        Ok(())
+    }
+
     /// The identity key the directory offers for `username` in place of the pinned
     /// one, if the person has not accepted it yet.
     pub fn key_changed(

@@ -58,6 +58,14 @@ fn check_new_list(
             current: account.list_version,
         });
     }
+    // One step at a time: a stolen account key cannot push the version to the top of
+    // the range and leave a recovery no version to use.
+    if list.version() != account.list_version + 1 {
+        return Err(ApiError::bad_request(format!(
+            "the device list version must be {} (the current one plus one)",
+            account.list_version + 1
+        )));
+    }
     let stored = stored_list(&account.device_list_bytes)?;
     list.check_not_rollback(Some(&stored)).map_err(cert_error)?;
     Ok(stored)
