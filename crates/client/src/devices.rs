@@ -211,9 +211,7 @@ impl Client {
         }
         // Accepting the new list marked every conversation: add it everywhere now.
         self.catch_up().await?;
-        for id in self.read(|tx| tx.rosters_to_check())? {
-            self.reconcile(&account, id, Adds::Any).await?;
-        }
+        self.reconcile_every(&account, Adds::Any).await?;
         Ok(request.device_id)
     }
 
@@ -296,10 +294,9 @@ impl Client {
             tx.make_self_updates_due()
         })?;
         self.catch_up().await?;
-        for id in self.read(|tx| tx.rosters_to_check())? {
-            self.reconcile(&account, id, Adds::Designated).await?;
-        }
-        self.self_update_due().await
+        let checked = self.reconcile_every(&account, Adds::Designated).await;
+        self.self_update_due().await?;
+        checked
     }
 
     /// The username of this profile, if registered.

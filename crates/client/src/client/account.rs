@@ -363,9 +363,7 @@ impl Client {
         let Some(changed) = changed else {
             return Err(ClientError::SafetyNumberChanged(user.clone()));
         };
-        for id in self.read(|tx| tx.rosters_to_check())? {
-            self.reconcile(&account, id, Adds::Any).await?;
-        }
+        self.reconcile_every(&account, Adds::Any).await?;
         Ok(changed)
     }
 

@@ -313,8 +313,10 @@ impl Client {
     /// keys are refreshed where due.
     pub(crate) async fn housekeeping(&self) -> Result<(), ClientError> {
         self.purge_expired()?;
-        self.self_update_due().await?;
-        self.check_own_list().await
+        // The own-list check runs whatever the self-updates did.
+        let updated = self.self_update_due().await;
+        self.check_own_list().await?;
+        updated
     }
 
     /// Compares this account's list in the directory with the one this device
@@ -344,12 +346,30 @@ impl Client {
                 let out = self
                     .write(|tx| Ok(load(tx, id)?.self_update(&tx.provider(), &account.device)?))?;
                 if self.submit_commit(&account, id, out).await? {
+                    // Only a commit the server took counts; one that lost every
+                    // race stays due for the next round.
+                    self.write(|tx| tx.set_self_updated(id, now))?;
                     break;
                 }
             }
-            self.write(|tx| tx.set_self_updated(id, now))?;
         }
         Ok(())
+    }
+
+    /// Runs the member check of every marked conversation, each on its own: one that
+    /// fails does not keep the others from their check. Answers the first failure.
+    pub(crate) async fn reconcile_every(
+        &self,
+        account: &Account,
+        adds: Adds,
+    ) -> Result<(), ClientError> {
+        let mut first = None;
+        for id in self.read(|tx| tx.rosters_to_check())? {
+            if let Err(e) = self.reconcile(account, id, adds).await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Checks the members of every conversation marked for it (see
