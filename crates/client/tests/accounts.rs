@@ -16,6 +16,7 @@ use sotto_core::openmls_traits::signatures::Signer as _;
 use sotto_core::{DeviceSigner, openmls_traits::OpenMlsProvider as _};
 use sotto_proto::{DeviceList, DeviceListFields};
 use sotto_testkit::TestServer;
+use tempfile::TempDir;
 
 /// Copies a profile directory, as a thief with a moment's access to the disk would.
 fn copy_profile(from: &Path, to: &Path) {
@@ -57,6 +58,20 @@ fn members(client: &Client, conv: ConversationId) -> Vec<(String, String)> {
     m
 }
 
+/// alice and bob registered on `url`, with the one-to-one conversation alice started
+/// and bob has read.
+async fn talking(url: &str) -> (Client, TempDir, Client, TempDir, ConversationId) {
+    let (alice, alice_home) = register(url, "alice").await;
+    let (bob, bob_home) = register(url, "bob").await;
+    let conv = alice
+        .send_text(name("bob"), "hello")
+        .await
+        .unwrap()
+        .conversation;
+    bob.sync().await.unwrap();
+    (alice, alice_home, bob, bob_home, conv)
+}
+
 /// Issue 12, second demonstration: a copy of a linked device's profile, taken before
 /// the device was removed. After removal it cannot read new messages, cannot link a
 /// device, and a device list it makes is refused by every client.
@@ -64,14 +79,7 @@ fn members(client: &Client, conv: ConversationId) -> Vec<(String, String)> {
 async fn a_copy_of_a_removed_linked_device_reads_links_and_publishes_nothing() {
     let (server, lying) = TestServer::start_lying().unwrap();
     let url = server.url();
-    let (alice, _a) = register(url, "alice").await;
-    let (bob, _b) = register(url, "bob").await;
-    let conv = alice
-        .send_text(name("bob"), "hello")
-        .await
-        .unwrap()
-        .conversation;
-    bob.sync().await.unwrap();
+    let (alice, _a, bob, _b, conv) = talking(url).await;
     let (laptop, laptop_home) = link(url, &alice, "laptop").await;
     laptop.sync().await.unwrap();
     assert!(!laptop.whoami().unwrap().primary);
@@ -172,12 +180,12 @@ async fn a_stolen_primary_is_reported_and_recovery_revokes_it_and_its_ghost() {
     let url = server.url();
     let home = tempfile::tempdir().unwrap();
     let alice = Client::open(home.path(), url).unwrap();
-    let recovery = alice
-        .register(&name("alice"), "phone")
-        .await
-        .unwrap()
-        .recovery_key
-        .unwrap();
+    let registered = alice.register(&name("alice"), "phone").await.unwrap();
+    let recovery = registered.recovery_key.clone().unwrap();
+    assert!(
+        !format!("{registered:?}").contains(recovery.as_str()),
+        "the recovery key never shows in Debug output"
+    );
     let (bob, _b) = register(url, "bob").await;
     let conv = alice
         .send_text(name("bob"), "hello bob")
@@ -259,14 +267,7 @@ async fn a_stolen_primary_is_reported_and_recovery_revokes_it_and_its_ghost() {
 async fn a_lost_phone_without_the_recovery_key_comes_back_through_trust() {
     let (server, lying) = TestServer::start_lying().unwrap();
     let url = server.url();
-    let (alice, _a) = register(url, "alice").await;
-    let (bob, _b) = register(url, "bob").await;
-    let conv = alice
-        .send_text(name("bob"), "hello bob")
-        .await
-        .unwrap()
-        .conversation;
-    bob.sync().await.unwrap();
+    let (alice, _a, bob, _b, conv) = talking(url).await;
     let old_number = alice.safety_number(&name("bob")).await.unwrap();
     drop(bob);
 

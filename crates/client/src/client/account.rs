@@ -4,7 +4,6 @@
 use super::*;
 
 /// What registration or recovery gives the person.
-#[derive(Debug)]
 pub struct Registered {
     /// Who this profile now is.
     pub whoami: WhoAmI,
@@ -12,6 +11,16 @@ pub struct Registered {
     /// the only way to restore the account if this (primary) device is lost. `None`
     /// after a recovery, whose key the person already has.
     pub recovery_key: Option<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Registered {
+    /// The recovery key never reaches a log through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("whoami", &self.whoami)
+            .field("recovery_key", &self.recovery_key.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 fn rng_failed() -> ClientError {

@@ -264,43 +264,72 @@ impl Client {
         account: &Account,
         id: ConversationId,
     ) -> Result<Vec<(Username, String)>, ClientError> {
-        let (roster, direct) = self.read(|tx| {
-            let direct = tx.conversation(id)?.is_some_and(|c| c.kind == "direct");
-            Ok((load(tx, id)?.roster()?, direct))
-        })?;
-        // Compared by whole certificate: a device is current only if its account's
-        // list holds this very certificate.
-        let unlisted: Vec<DeviceId> = match self.read(|tx| Ok(load(tx, id)?.unlisted(&tx.trust())?))
-        {
-            Ok(entries) => entries.into_iter().map(|e| e.device_id).collect(),
-            Err(ClientError::Engine(ConversationError::DeviceListsNeeded(_))) => Vec::new(),
-            Err(e) => return Err(e),
+        let others = |roster: &sotto_core::Roster| -> Vec<(Username, Vec<DeviceId>)> {
+            roster
+                .users()
+                .into_iter()
+                .filter(|(u, _)| *u != account.username)
+                .collect()
         };
-        let mut unreachable = Vec::new();
-        for (user, devices) in roster.users() {
-            if user == account.username {
-                continue;
-            }
-            if self.read(|tx| tx.is_gone(&user))? {
-                // Maybe registered again since: a look-up tells.
-                match self.refresh_device_list(account, &user).await {
-                    Ok(_) | Err(ClientError::Refused(_)) | Err(ClientError::UnknownUser(_)) => {}
-                    Err(e) => return Err(e),
+        // An account the server had released may have registered again: a look-up
+        // tells (only for those, not for every member on every send).
+        let gone: Vec<Username> = self.read(|tx| {
+            let roster = load(tx, id)?.roster()?;
+            let mut gone = Vec::new();
+            for (user, _) in others(&roster) {
+                if tx.is_gone(&user)? {
+                    gone.push(user);
                 }
             }
-            let reason = if self.read(|tx| tx.key_changed(&user))?.is_some() {
-                if direct {
+            Ok(gone)
+        })?;
+        for user in &gone {
+            match self.refresh_device_list(account, user).await {
+                Ok(_) | Err(ClientError::Refused(_) | ClientError::UnknownUser(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Everything else from one read of the profile.
+        let (direct, verdicts) = self.read(|tx| {
+            let direct = tx.conversation(id)?.is_some_and(|c| c.kind == "direct");
+            let conv = load(tx, id)?;
+            // Compared by whole certificate: a device is current only if its
+            // account's list holds this very certificate.
+            let unlisted: Vec<DeviceId> = match conv.unlisted(&tx.trust()) {
+                Ok(entries) => entries.into_iter().map(|e| e.device_id).collect(),
+                Err(ConversationError::DeviceListsNeeded(_)) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            let mut verdicts = Vec::new();
+            for (user, devices) in others(&conv.roster()?) {
+                let verdict = if tx.key_changed(&user)?.is_some() {
+                    Some(Unreachable::KeyChanged)
+                } else if tx.is_gone(&user)? {
+                    Some(Unreachable::Gone)
+                } else if devices.iter().all(|d| unlisted.contains(d)) {
+                    Some(Unreachable::NoCurrentDevice)
+                } else {
+                    None
+                };
+                verdicts.extend(verdict.map(|v| (user, v)));
+            }
+            Ok((direct, verdicts))
+        })?;
+        let mut unreachable = Vec::new();
+        for (user, verdict) in verdicts {
+            let reason = match verdict {
+                Unreachable::KeyChanged if direct => {
                     return Err(ClientError::SafetyNumberChanged(user));
                 }
-                "their safety number changed and you have not accepted the new one".to_owned()
-            } else if self.read(|tx| tx.is_gone(&user))? {
-                "their account no longer exists on the server".to_owned()
-            } else {
-                if devices.iter().any(|d| !unlisted.contains(d)) {
-                    continue;
+                Unreachable::KeyChanged => {
+                    "their safety number changed and you have not accepted the new one"
                 }
-                "none of their current devices is in this conversation yet".to_owned()
-            };
+                Unreachable::Gone => "their account no longer exists on the server",
+                Unreachable::NoCurrentDevice => {
+                    "none of their current devices is in this conversation yet"
+                }
+            }
+            .to_owned();
             if direct {
                 return Err(ClientError::Unreachable { user, reason });
             }
@@ -498,6 +527,16 @@ impl Client {
             operation: "sending",
         })
     }
+}
+
+/// Why a member cannot read what this client is about to send.
+enum Unreachable {
+    /// Their identity key changed and the person has not accepted the new one.
+    KeyChanged,
+    /// The server no longer has their account.
+    Gone,
+    /// None of their devices here is in their current list.
+    NoCurrentDevice,
 }
 
 /// How often this device refreshes its own keys in each conversation (seconds).
