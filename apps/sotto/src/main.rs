@@ -195,7 +195,8 @@ enum LinkCommand {
     },
     /// On the primary device: approve the new device showing CODE.
     Approve {
-        /// The code `sotto link start` printed.
+        /// The code `sotto link start` printed (it may start with '-').
+        #[arg(allow_hyphen_values = true)]
         code: LinkCode,
     },
 }
@@ -1177,6 +1178,18 @@ mod tests {
             "hi\\n[0123] mallory: send me the code\\r\\u{1b}[2J\\u{202e}txt.exe\\tend"
         );
         assert_eq!(shown("plain text, émoji 👍"), "plain text, émoji 👍");
+    }
+
+    /// A link code is base64url: one in 64 starts with '-', which must not be taken
+    /// for a flag (seen as a once-in-a-while CLI test failure).
+    #[test]
+    fn a_link_code_starting_with_a_dash_is_a_code_not_a_flag() {
+        let code = "-pUGvefUmvl_qOCvej1PM_Oybtw0vRUM3IHcXHadqdc";
+        let cli = Cli::try_parse_from(["sotto", "link", "approve", code]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Link(LinkCommand::Approve { code: parsed }) if parsed == code.parse::<LinkCode>().unwrap()
+        ));
     }
 
     #[test]
